@@ -1,0 +1,200 @@
+"""The interface every model backend implements, framework-neutral in its signatures.
+
+At the boundary arrays are numpy: ``ids`` int32[B, T], logits float32[..., V]. What a
+backend hands back and takes again without looking inside is opaque: ``params`` (a
+``torch.nn.Module`` or a JAX pytree), a training ``state`` and a decoding ``cache``.
+
+A training batch is a mapping of numpy arrays::
+
+    {"inputs":  int32[B, T],
+     "targets": int32[B, T],
+     "weights": float32[B, T],      # 0 on padding
+     "allowed": bool[B, T, V]}      # tokens the grammar allows at each target position;
+                                    # needed by "ce+structural" and "masked", optional for "ce"
+
+Decoding uses a fixed-size KV cache of ``cache_len`` (<= ``max_len``) positions:
+``prefill`` runs the prompt and fills positions ``[0, T)``; ``decode_step`` writes the
+token at ``position`` and attends to positions ``<= position`` (a mask by position, so
+rows of a batch may be at different positions). The cache returned must be used in the
+next call (the torch backend updates it in place, the JAX backend returns a new one).
+
+A third backend subclasses :class:`Backend`, implements the abstract methods, and is
+registered with :func:`gramophone.backends.register_backend`.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gramophone.backends import checkpoint as ckpt
+from gramophone.backends.config import ModelConfig, TrainConfig
+
+__all__ = ["Backend", "Batch", "Checkpoint", "sinusoidal_positions"]
+
+Batch = Mapping[str, np.ndarray]
+Params = Any  # backend-specific, opaque to callers
+State = Any
+Cache = Any
+
+# LayerNorm epsilon, the same in both frameworks (torch's default; flax's is 1e-6).
+LN_EPS = 1e-5
+# Standard deviation of the normal initialisation of weights and embeddings; the two
+# residual projections of each block are scaled by 1/sqrt(2 * n_layers) (GPT-2).
+INIT_STD = 0.02
+
+
+def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
+    """float32[max_len, d_model]: ``pe[p, 2i] = sin(p / 10000^(2i/d))``, ``pe[p, 2i+1] = cos(..)``.
+
+    Computed once in float64 and shared by both backends, so they add identical values.
+    """
+    pos = np.arange(max_len, dtype=np.float64)[:, None]  # (L, 1)
+    inv_freq = np.exp(-np.log(10000.0) * np.arange(0, d_model, 2) / d_model)  # (D/2,)
+    pe = np.zeros((max_len, d_model), dtype=np.float64)
+    pe[:, 0::2] = np.sin(pos * inv_freq)
+    pe[:, 1::2] = np.cos(pos * inv_freq)
+    return pe.astype(np.float32)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: parameters in the backend's form plus ``config.json``."""
+
+    params: Params
+    model: ModelConfig
+    train: TrainConfig | None
+    step: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+class Backend(ABC):
+    """One framework's implementation of the gramophone Transformer."""
+
+    name: ClassVar[str]
+    #: file names of this backend's optimizer state inside a checkpoint directory
+    optimizer_files: ClassVar[tuple[str, ...]] = ()
+
+    # ----------------------------------------------------------------- parameters
+
+    @abstractmethod
+    def init(self, config: ModelConfig, seed: int = 0) -> Params:
+        """Fresh parameters; the same ``seed`` gives identical parameters (per backend)."""
+
+    @abstractmethod
+    def config_of(self, params: Params) -> ModelConfig:
+        """The model configuration ``params`` were built for."""
+
+    @abstractmethod
+    def to_numpy(self, params: Params) -> dict[str, np.ndarray]:
+        """Name -> float32 array in the checkpoint layout (:func:`checkpoint.expected_shapes`)."""
+
+    @abstractmethod
+    def from_numpy(self, weights: Mapping[str, np.ndarray], config: ModelConfig) -> Params:
+        """Parameters from arrays in the checkpoint layout."""
+
+    # ----------------------------------------------------------------- inference
+
+    @abstractmethod
+    def logits(self, params: Params, ids: np.ndarray) -> np.ndarray:
+        """Full causal forward pass (no dropout): int32[B, T] -> float32[B, T, V]."""
+
+    @abstractmethod
+    def prefill(self, params: Params, ids: np.ndarray, cache_len: int | None = None,
+                lengths: np.ndarray | None = None) -> tuple[np.ndarray, Cache]:
+        """Run a prompt and build a KV cache of ``cache_len`` positions (default ``max_len``).
+
+        ``ids`` int32[B, T] with ``T <= cache_len``; ``lengths`` int32[B] (default ``T``)
+        for right-padded prompts of different lengths. Returns float32[B, V], the logits
+        after the last real token of each row (position ``lengths - 1``), and the cache.
+        """
+
+    @abstractmethod
+    def decode_step(self, params: Params, token: np.ndarray, cache: Cache,
+                    position: int | np.ndarray) -> tuple[np.ndarray, Cache]:
+        """Feed ``token`` int32[B] at ``position`` (int or int32[B], ``< cache_len``).
+
+        Returns float32[B, V], the logits for the next position, and the updated cache.
+        """
+
+    # ----------------------------------------------------------------- training
+
+    @abstractmethod
+    def evaluate(self, params: Params, batch: Batch, train: TrainConfig) -> dict[str, float]:
+        """Batch losses without dropout or update: ``loss`` (objective of ``train.loss``),
+        ``nll`` and, with ``allowed`` in the batch, ``structural`` (weighted means)."""
+
+    @abstractmethod
+    def init_state(self, params: Params, train: TrainConfig, step: int = 0) -> State:
+        """A training state (parameters + fresh AdamW state) starting at update ``step``."""
+
+    @abstractmethod
+    def train_step(self, state: State, batch: Batch) -> tuple[State, dict[str, float]]:
+        """One update. Metrics: ``loss``, ``nll``, ``structural`` (if ``allowed``),
+        ``grad_norm`` (before clipping), ``lr`` (used by this update).
+        Use the returned state (the old one may have been updated in place or donated)."""
+
+    @abstractmethod
+    def state_params(self, state: State) -> Params:
+        """The current parameters of a training state."""
+
+    @abstractmethod
+    def state_step(self, state: State) -> int:
+        """How many updates the state has taken."""
+
+    @abstractmethod
+    def state_train(self, state: State) -> TrainConfig:
+        """The training configuration of a state."""
+
+    @abstractmethod
+    def _optimizer_writers(self, state: State) -> dict[str, Callable[[Path], None]]:
+        """File name -> writer of this backend's optimizer state (see ``optimizer_files``)."""
+
+    @abstractmethod
+    def _restore_optimizer(self, state: State, info: ckpt.CheckpointInfo) -> State:
+        """``state`` with its optimizer state read from the checkpoint's files."""
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def save(self, path: str | os.PathLike[str], params: Params, *,
+             train: TrainConfig | None = None, step: int = 0,
+             meta: Mapping[str, Any] | None = None) -> Path:
+        """Write ``params`` (no optimizer state) as a checkpoint directory."""
+        return ckpt.save_checkpoint(path, self.to_numpy(params), self.config_of(params),
+                                    train=train, step=step, meta=meta, backend=self.name)
+
+    def save_state(self, path: str | os.PathLike[str], state: State, *,
+                   meta: Mapping[str, Any] | None = None) -> Path:
+        """Write a training state (parameters + this backend's optimizer state)."""
+        params = self.state_params(state)
+        return ckpt.save_checkpoint(
+            path, self.to_numpy(params), self.config_of(params), train=self.state_train(state),
+            step=self.state_step(state), meta=meta, backend=self.name,
+            extra_files=self._optimizer_writers(state),
+        )
+
+    def load(self, path: str | os.PathLike[str]) -> Checkpoint:
+        """Read a checkpoint written by any backend; raises :class:`CheckpointError`."""
+        info = ckpt.read_info(path)
+        params = self.from_numpy(ckpt.read_weights(info), info.model)
+        return Checkpoint(params, info.model, info.train, info.step, info.meta, info.path)
+
+    def load_state(self, path: str | os.PathLike[str],
+                   train: TrainConfig | None = None) -> State:
+        """A training state to resume from: parameters and step of the checkpoint, and this
+        backend's optimizer state when the checkpoint has it (else a fresh one).
+        ``train`` overrides the stored training configuration."""
+        info = ckpt.read_info(path)
+        train = train or info.train or TrainConfig()
+        params = self.from_numpy(ckpt.read_weights(info), info.model)
+        state = self.init_state(params, train, step=info.step)
+        if self.optimizer_files and all(n in info.files for n in self.optimizer_files):
+            state = self._restore_optimizer(state, info)
+        return state

@@ -1,0 +1,269 @@
+"""Framework-neutral checkpoints: a directory any backend can read.
+
+Layout::
+
+    CKPT/
+      model.safetensors          float32 weights, PyTorch layout and names
+      config.json                {"format", "version", "model", "train", "step", "meta",
+                                  "backend", "files": {name: {"bytes", "sha256"}}}
+      optimizer-torch.pt         optional, for resuming with the torch backend
+      optimizer-jax.safetensors  optional, for resuming with the jax backend (+ .json)
+
+Parameter names and shapes are those of :func:`expected_shapes` (a ``Linear`` weight is
+``[out, in]``; the JAX backend transposes at the boundary).
+
+Every file is written to a temporary file in the same folder and moved into place with
+``os.replace``; ``config.json`` goes last and records the size and SHA-256 of the others.
+A reader therefore sees either the old or the new checkpoint, and a checkpoint that was
+half overwritten, truncated or corrupted is detected and reported as one
+:class:`~gramophone.errors.CheckpointError` line naming the file.
+Other files in the directory (logs, samples) are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gramophone.backends.config import ModelConfig, TrainConfig
+from gramophone.errors import CheckpointError
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT",
+    "VERSION",
+    "WEIGHTS_FILE",
+    "CheckpointInfo",
+    "atomic_write",
+    "expected_shapes",
+    "file_path",
+    "read_info",
+    "read_weights",
+    "save_checkpoint",
+]
+
+FORMAT = "gramophone-checkpoint"
+VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter, in the checkpoint's (PyTorch) layout and order."""
+    D, F, V = config.d_model, config.d_ff, config.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"tok_emb.weight": (V, D)}
+    for i in range(config.n_layers):
+        p = f"blocks.{i}."
+        shapes |= {
+            p + "ln1.weight": (D,), p + "ln1.bias": (D,),
+            p + "attn.qkv.weight": (3 * D, D), p + "attn.qkv.bias": (3 * D,),
+            p + "attn.proj.weight": (D, D), p + "attn.proj.bias": (D,),
+            p + "ln2.weight": (D,), p + "ln2.bias": (D,),
+            p + "mlp.fc.weight": (F, D), p + "mlp.fc.bias": (F,),
+            p + "mlp.proj.weight": (D, F), p + "mlp.proj.bias": (D,),
+        }
+    shapes |= {"ln_f.weight": (D,), "ln_f.bias": (D,), "head.weight": (V, D), "head.bias": (V,)}
+    return shapes
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What ``config.json`` says (weights not loaded)."""
+
+    path: Path
+    model: ModelConfig
+    train: TrainConfig | None
+    step: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    backend: str | None = None
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def atomic_write(path: Path, writer: Callable[[Path], None]) -> dict[str, Any]:
+    """Call ``writer(tmp)`` on a temporary path next to ``path``, fsync, ``os.replace`` it
+    into place. Returns ``{"bytes", "sha256"}`` of the written file."""
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer(tmp)
+        record = _describe(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return record
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    weights: Mapping[str, np.ndarray],
+    model: ModelConfig,
+    *,
+    train: TrainConfig | None = None,
+    step: int = 0,
+    meta: Mapping[str, Any] | None = None,
+    backend: str | None = None,
+    extra_files: Mapping[str, Callable[[Path], None]] | None = None,
+) -> Path:
+    """Write a checkpoint directory (created if needed) and return its path.
+
+    ``weights``: name -> float32 array, exactly the names and shapes of
+    :func:`expected_shapes` (checked before anything is written).
+    ``extra_files``: file name -> ``writer(tmp_path)``, e.g. optimizer state.
+    """
+    from safetensors.numpy import save_file
+
+    directory = Path(path)
+    _check_weights(weights, model, f"{directory / WEIGHTS_FILE} (writing)")
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(weights[k], dtype=np.float32)
+              for k in expected_shapes(model)}
+    files = {WEIGHTS_FILE: atomic_write(directory / WEIGHTS_FILE,
+                                        lambda tmp: save_file(arrays, str(tmp)))}
+    for name, writer in (extra_files or {}).items():
+        files[name] = atomic_write(directory / name, writer)
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.to_dict(),
+        "train": None if train is None else train.to_dict(),
+        "step": int(step),
+        "meta": dict(meta or {}),
+        "backend": backend,
+        "files": files,
+    }
+    text = json.dumps(config, indent=2, sort_keys=False) + "\n"
+    atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return directory
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
+    """Read and validate ``config.json``; raises :class:`CheckpointError`."""
+    directory = Path(path)
+    cfg_path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: checkpoint directory does not exist")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: missing (is {directory} a gramophone checkpoint?)")
+    try:
+        data = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path}: cannot be read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_path}: not a gramophone checkpoint config "
+                              f"(expected \"format\": \"{FORMAT}\")")
+    if data.get("version") != VERSION:
+        raise CheckpointError(f"{cfg_path}: unsupported checkpoint version "
+                              f"{data.get('version')!r} (this gramophone reads {VERSION})")
+    try:
+        model = ModelConfig.from_dict(data["model"])
+        train = None if data.get("train") is None else TrainConfig.from_dict(data["train"])
+    except KeyError as exc:
+        raise CheckpointError(f"{cfg_path}: missing key {exc}") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{cfg_path}: invalid configuration: {exc}") from None
+    step, meta, files = data.get("step", 0), data.get("meta") or {}, data.get("files") or {}
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{cfg_path}: \"step\" must be a non-negative int, got {step!r}")
+    if not isinstance(meta, dict) or not isinstance(files, dict):
+        raise CheckpointError(f"{cfg_path}: \"meta\" and \"files\" must be JSON objects")
+    return CheckpointInfo(directory, model, train, step, meta, data.get("backend"), files)
+
+
+def file_path(info: CheckpointInfo, name: str, *, verify: bool = True) -> Path | None:
+    """Path of the checkpoint's file ``name`` if ``config.json`` lists it, else ``None``.
+
+    With ``verify``, a listed file that is missing or whose size or SHA-256 differs from the
+    record raises :class:`CheckpointError`.
+    """
+    record = info.files.get(name)
+    p = info.path / name
+    if record is None:
+        return None
+    if not p.is_file():
+        raise CheckpointError(f"{p}: missing (listed in {CONFIG_FILE})")
+    if verify:
+        size = p.stat().st_size
+        if size != record.get("bytes"):
+            raise CheckpointError(f"{p}: truncated or corrupted: {size} bytes, "
+                                  f"{CONFIG_FILE} records {record.get('bytes')}")
+        if record.get("sha256") and _describe(p)["sha256"] != record["sha256"]:
+            raise CheckpointError(f"{p}: corrupted or overwritten: SHA-256 differs from the "
+                                  f"one recorded in {CONFIG_FILE}")
+    return p
+
+
+def read_weights(info: CheckpointInfo, *, verify: bool = True) -> dict[str, np.ndarray]:
+    """Load ``model.safetensors`` and check it against ``info.model``; name -> float32 array."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    p = info.path / WEIGHTS_FILE
+    if not p.is_file():
+        raise CheckpointError(f"{p}: missing")
+    file_path(info, WEIGHTS_FILE, verify=verify)
+    try:
+        weights = load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{p}: truncated or corrupted ({exc})") from None
+    _check_weights(weights, info.model, str(p))
+    return weights
+
+
+def _check_weights(weights: Mapping[str, np.ndarray], model: ModelConfig, where: str) -> None:
+    shapes = expected_shapes(model)
+    missing = [k for k in shapes if k not in weights]
+    unexpected = sorted(set(weights) - set(shapes))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_few(unexpected)}")
+        raise CheckpointError(f"{where}: tensors do not match the model config: "
+                              + "; ".join(parts))
+    for name, shape in shapes.items():
+        arr = weights[name]
+        if tuple(arr.shape) != shape:
+            raise CheckpointError(
+                f"{where}: tensor {name!r} has shape {tuple(arr.shape)}, but the model config "
+                f"(vocab_size={model.vocab_size}, d_model={model.d_model}, d_ff={model.d_ff}) "
+                f"expects {shape}"
+            )
+        if arr.dtype != np.float32:
+            raise CheckpointError(f"{where}: tensor {name!r} is {arr.dtype}, expected float32")
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")

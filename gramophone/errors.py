@@ -1,0 +1,40 @@
+"""One exception hierarchy, rooted at :class:`GramophoneError`.
+
+Errors that describe bad input are also ``ValueError`` (as lark's ``ConfigurationError``),
+so callers that do not know gramophone can still catch them idiomatically.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "CheckpointError",
+    "GrammarError",
+    "GramophoneError",
+    "TokenFileError",
+    "UnsupportedConfigError",
+]
+
+
+class GramophoneError(Exception):
+    """Base class of every error gramophone raises on purpose."""
+
+
+class GrammarError(GramophoneError, ValueError):
+    """A grammar file is malformed or outside the supported regular subset."""
+
+
+class UnsupportedConfigError(GrammarError):
+    """A tokenizer configuration uses an option the grammar does not cover."""
+
+
+class TokenFileError(GramophoneError, ValueError):
+    """A token file cannot be read: missing, empty, binary, malformed, out of vocabulary."""
+
+
+class CheckpointError(GramophoneError, ValueError):
+    """A checkpoint is missing, truncated, corrupted or does not match the tokenizer."""
+
+
+class BackendUnavailableError(GramophoneError, ImportError):
+    """A backend was asked for whose framework is not installed (or an unknown name)."""

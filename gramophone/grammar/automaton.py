@@ -1,0 +1,281 @@
+"""The compiled thing: frozen numpy tables, saved as ``.npz``, named by a content hash.
+
+An :class:`Automaton` is a product of :class:`Component` automata over one vocabulary,
+kept as components stepped in lockstep: a token is allowed iff every component allows it,
+and each component moves by its own gather. The syntax grammar is one component; the
+constraints built in code (time, note order, bar count, ...) are others. Stepping costs
+``K`` lookups whatever the size of the full product, which may be far too large to
+tabulate (see ``benchmarks/``).
+
+Frameworks never see this class: decoding and training receive ``transitions`` arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from gramophone.errors import GramophoneError
+from gramophone.grammar import fsa
+from gramophone.grammar.fsa import REJECT
+
+__all__ = ["REJECT", "Automaton", "Component"]
+
+_FORMAT = 1
+
+
+def _freeze(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.flags.writeable = False
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class Component:
+    """One deterministic automaton over the vocabulary.
+
+    ``transitions``: ``int32[S, V]``, next state or :data:`REJECT`; ``accepting``:
+    ``bool[S]``; ``start``; ``info``: per-state facts for diagnostics (arrays of length
+    ``S``, or small lookup arrays), never needed to step.
+    """
+
+    name: str
+    transitions: np.ndarray
+    accepting: np.ndarray
+    start: int
+    info: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        T = np.asarray(self.transitions)
+        if T.ndim != 2 or T.dtype != np.int32:
+            object.__setattr__(self, "transitions", T.astype(np.int32))
+        object.__setattr__(self, "transitions", _freeze(np.asarray(self.transitions, dtype=np.int32)))
+        object.__setattr__(self, "accepting", _freeze(np.asarray(self.accepting, dtype=bool)))
+        object.__setattr__(self, "info", {k: _freeze(np.asarray(v)) for k, v in self.info.items()})
+        S = self.transitions.shape[0]
+        if self.accepting.shape != (S,) or not 0 <= self.start < S:
+            raise ValueError(f"component {self.name}: inconsistent shapes")
+
+    @property
+    def num_states(self) -> int:
+        return int(self.transitions.shape[0])
+
+    @cached_property
+    def distance(self) -> np.ndarray:
+        """``int32[S]``: fewest tokens from each state to acceptance (-1: never)."""
+        return fsa.distance_to_accept(self.transitions, self.accepting)
+
+
+@dataclass(frozen=True, eq=False)
+class Automaton:
+    """A grammar compiled for one tokenizer: components in lockstep plus provenance.
+
+    ``grammar_text`` is the derived grammar (shipped file + config overrides) that lark can
+    read as an independent reference parser; ``meta`` holds provenance strings (tokenizer
+    config, gramophone version).
+    """
+
+    vocab: tuple[str, ...]
+    components: tuple[Component, ...]
+    grammar_text: str = ""
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        V = len(self.vocab)
+        for c in self.components:
+            if c.transitions.shape[1] != V:
+                raise ValueError(f"component {c.name} has {c.transitions.shape[1]} columns for {V} tokens")
+
+    # -- identity ----------------------------------------------------------------------
+    @cached_property
+    def hash(self) -> str:
+        """sha256 of the language's tables and vocabulary (hex, 16 chars)."""
+        h = hashlib.sha256()
+        h.update(json.dumps(list(self.vocab)).encode())
+        for c in self.components:
+            h.update(c.name.encode())
+            h.update(np.int64(c.start).tobytes())
+            h.update(c.transitions.tobytes())
+            h.update(c.accepting.tobytes())
+        return h.hexdigest()[:16]
+
+    @property
+    def num_components(self) -> int:
+        return len(self.components)
+
+    @cached_property
+    def token_index(self) -> dict[str, int]:
+        return {tok: i for i, tok in enumerate(self.vocab)}
+
+    @cached_property
+    def start_states(self) -> np.ndarray:
+        """``int32[K]``: the start state of each component."""
+        return _freeze(np.array([c.start for c in self.components], dtype=np.int32))
+
+    def component(self, name: str) -> Component:
+        for c in self.components:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    # -- stepping (single stream, numpy) ------------------------------------------------
+    def allowed(self, states: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``bool[V]``: tokens allowed in the product state ``states`` (one per component)."""
+        mask = np.ones(len(self.vocab), dtype=bool)
+        for c, s in zip(self.components, states, strict=True):
+            mask &= c.transitions[int(s)] != REJECT
+        return mask
+
+    def step(self, states: Sequence[int] | np.ndarray, token: int) -> np.ndarray | None:
+        """Next product state, or ``None`` if some component rejects ``token``."""
+        out = np.empty(len(self.components), dtype=np.int32)
+        for k, (c, s) in enumerate(zip(self.components, states, strict=True)):
+            nxt = c.transitions[int(s), token]
+            if nxt == REJECT:
+                return None
+            out[k] = nxt
+        return out
+
+    def is_accepting(self, states: Sequence[int] | np.ndarray) -> bool:
+        return all(bool(c.accepting[int(s)]) for c, s in zip(self.components, states, strict=True))
+
+    def first_violation(self, ids: Iterable[int]) -> tuple[int, np.ndarray, int | None]:
+        """Run ``ids``. Returns ``(index, states, rejecting component)``.
+
+        ``index`` is the position of the first rejected token, ``len(ids)`` when the
+        stream ends in a non-accepting state (component ``None``), or -1 when accepted.
+        """
+        flats = [c.transitions.ravel() for c in self.components]
+        V = len(self.vocab)
+        states = [int(c.start) for c in self.components]
+        n = 0
+        for tok in ids:
+            t = int(tok)
+            for k, flat in enumerate(flats):
+                nxt = int(flat[states[k] * V + t])
+                if nxt == REJECT:
+                    return n, np.array(states, dtype=np.int32), k
+                states[k] = nxt
+            n += 1
+        arr = np.array(states, dtype=np.int32)
+        return (-1 if self.is_accepting(arr) else n), arr, None
+
+    def accepts(self, ids: Iterable[int]) -> bool:
+        """True iff the whole stream is in the language."""
+        return self.first_violation(ids)[0] == -1
+
+    def run_batch(self, ids: np.ndarray) -> np.ndarray:
+        """Product states along a batch: ``int32[B, T+1, K]`` (row 0 is the start).
+
+        Rejected tokens leave every component of that stream at :data:`REJECT` from then
+        on. Used to compute, once per dataset, the states along every target stream.
+        """
+        ids = np.asarray(ids)
+        B, Tn = ids.shape
+        K = len(self.components)
+        out = np.full((B, Tn + 1, K), REJECT, dtype=np.int32)
+        cur = np.tile(self.start_states, (B, 1))
+        out[:, 0] = cur
+        for t in range(Tn):
+            ok = (cur != REJECT).all(axis=1)
+            nxt = np.full_like(cur, REJECT)
+            for k, c in enumerate(self.components):
+                s = np.where(ok, cur[:, k], 0)
+                nxt[:, k] = np.where(ok, c.transitions[s, ids[:, t]], REJECT)
+            bad = (nxt == REJECT).any(axis=1)
+            nxt[bad] = REJECT
+            out[:, t + 1] = nxt
+            cur = nxt
+        return out
+
+    def allowed_batch(self, states: np.ndarray) -> np.ndarray:
+        """``bool[..., V]`` for product states ``int32[..., K]`` (REJECT rows: none)."""
+        states = np.asarray(states)
+        mask = np.ones((*states.shape[:-1], len(self.vocab)), dtype=bool)
+        dead = (states == REJECT).any(axis=-1)
+        for k, c in enumerate(self.components):
+            s = np.where(dead, 0, states[..., k])
+            mask &= c.transitions[s] != REJECT
+        mask[dead] = False
+        return mask
+
+    # -- composition ---------------------------------------------------------------------
+    def with_component(self, component: Component) -> Automaton:
+        """The intersection with one more constraint (e.g. a bar count)."""
+        return Automaton(self.vocab, (*self.components, component), self.grammar_text, dict(self.meta))
+
+    def product(self, max_states: int = 2_000_000) -> Component:
+        """The reachable dense product as one component (small automata only)."""
+        T, acc, s0, _ = fsa.product(
+            [c.transitions for c in self.components],
+            [c.accepting for c in self.components],
+            [c.start for c in self.components],
+            max_states=max_states,
+        )
+        return Component(name="product", transitions=T, accepting=acc, start=s0)
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write a compressed ``.npz`` atomically; returns the path."""
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+        header = {
+            "format": _FORMAT,
+            "vocab": list(self.vocab),
+            "grammar_text": self.grammar_text,
+            "meta": dict(self.meta),
+            "hash": self.hash,
+            "components": [],
+        }
+        for k, c in enumerate(self.components):
+            header["components"].append({"name": c.name, "start": c.start, "info": sorted(c.info)})
+            arrays[f"c{k}_transitions"] = c.transitions
+            arrays[f"c{k}_accepting"] = c.accepting
+            for key, value in c.info.items():
+                arrays[f"c{k}_info_{key}"] = value
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Automaton:
+        """Read an automaton written by :meth:`save`; checks its hash."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(bytes(data["header"]).decode())
+                if header.get("format") != _FORMAT:
+                    raise GramophoneError(f"{path}: automaton format {header.get('format')} not supported")
+                comps = []
+                for k, ch in enumerate(header["components"]):
+                    info = {key: data[f"c{k}_info_{key}"] for key in ch["info"]}
+                    comps.append(
+                        Component(
+                            name=ch["name"],
+                            transitions=data[f"c{k}_transitions"],
+                            accepting=data[f"c{k}_accepting"],
+                            start=int(ch["start"]),
+                            info=info,
+                        )
+                    )
+        except (OSError, ValueError, KeyError) as exc:
+            raise GramophoneError(f"{path}: not a readable automaton file ({exc})") from exc
+        auto = cls(tuple(header["vocab"]), tuple(comps), header["grammar_text"], header["meta"])
+        if auto.hash != header["hash"]:
+            raise GramophoneError(f"{path}: content hash mismatch (corrupted automaton file)")
+        return auto

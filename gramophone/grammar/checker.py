@@ -1,0 +1,195 @@
+"""Validity of token streams, with diagnostics a person can act on.
+
+:func:`check_ids` runs a stream through an :class:`~gramophone.grammar.Automaton` and, at
+the first violation, says where (index, token, the tokens before it), what rejected it
+(the syntax, or which constraint, in words) and what was expected, summarized
+("Position_13..31 or Bar_None").
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from gramophone.grammar.automaton import REJECT, Automaton
+
+__all__ = ["StreamReport", "Violation", "check_ids", "check_stream", "summarize_tokens"]
+
+CONTEXT = 6  # tokens shown before a violation
+
+
+@dataclass(frozen=True)
+class Violation:
+    """The first place a stream leaves the language."""
+
+    index: int  # position of the offending token; len(stream) when the stream ends early
+    token: str  # the token, or "<end of stream>"
+    before: tuple[str, ...]  # up to CONTEXT tokens before it
+    rejected_by: str  # "syntax", a constraint's name, or "end"
+    reason: str
+    expected: str
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["before"] = list(self.before)
+        return d
+
+    def __str__(self) -> str:
+        ctx = " ".join(self.before)
+        ctx = f" after '{ctx}'" if ctx else ""
+        return f"token {self.index} ({self.token}){ctx}: {self.reason}; expected {self.expected}"
+
+
+def _kind(token: str) -> str:
+    return token.partition("_")[0]
+
+
+def summarize_tokens(vocab: Sequence[str], mask: np.ndarray, limit: int = 4) -> str:
+    """Summarize allowed tokens by type and runs of consecutive ids: "Position_13..31"."""
+    ids = np.nonzero(mask)[0]
+    if ids.size == 0:
+        return "nothing"
+    groups: dict[str, list[list[int]]] = {}
+    for i in ids.tolist():
+        runs = groups.setdefault(_kind(vocab[i]), [])
+        if runs and runs[-1][-1] == i - 1 and _kind(vocab[runs[-1][-1]]) == _kind(vocab[i]):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    parts = []
+    for runs in groups.values():
+        shown = []
+        for run in runs[:limit]:
+            first, last = vocab[run[0]], vocab[run[-1]]
+            shown.append(first if len(run) == 1 else f"{first}..{last.partition('_')[2]}")
+        if len(runs) > limit:
+            shown.append(f"... ({sum(len(r) for r in runs)} in all)")
+        parts.append(", ".join(shown))
+    return " or ".join(parts)
+
+
+def _last_of(names: Sequence[str], kinds: set[str]) -> str | None:
+    for tok in reversed(names):
+        if _kind(tok) in kinds:
+            return tok
+    return None
+
+
+def _explain(automaton: Automaton, k: int, state: int, token: str, history: Sequence[str]) -> str:
+    comp = automaton.components[k]
+    kind, _, value = token.partition("_")
+    prev = history[-1] if history else None
+    if comp.name == "syntax":
+        if prev is None:
+            return f"a stream cannot start with {token}"
+        return f"the syntax does not allow {token} after {prev}"
+    info = comp.info
+    if comp.name == "time":
+        pos = int(info["position"][state])
+        length = int(info["bar_length"][state])
+        ts_idx = int(info["time_signature"][state])
+        if ts_idx < 0:
+            return f"a stream cannot start with {token} (the first bar needs its Bar token first)"
+        ts = str(info["time_signature_names"][ts_idx])
+        if kind == "Position":
+            q = int(value)
+            if q >= length:
+                return f"{token} is beyond the bar's length ({length} positions in {ts})"
+            last_time = _last_of(history, {"Position", "Bar", "Rest", "TimeSig"})
+            if last_time is not None and _kind(last_time) == "Rest":
+                return f"{token} comes before the end of the preceding rest (position {pos + 1} of the bar)"
+            if last_time is not None and _kind(last_time) == "Position":
+                if q == pos:
+                    return f"{token} repeats the position of the bar it is already at"
+                return f"{token} goes back within the bar after {last_time}"
+            return f"{token} is not allowed here (last position {pos})"
+        if kind == "TimeSig":
+            return f"{token} may only come at the start of a bar"
+        if kind == "Rest":
+            return f"{token} cannot open a stream that has time signatures"
+        return f"the time constraint forbids {token}"
+    if comp.name == "note-order":
+        last = int(info["last_pitch"][state])
+        program = int(info["program"][state])
+        if kind in ("Pitch", "PitchDrum"):
+            if int(value) == last:
+                return f"{token} duplicates a note already played at this onset"
+            return (
+                f"{token} breaks the canonical order of notes at one onset "
+                f"(pitches ascend; the last was {last})"
+            )
+        if kind == "Chord":
+            return f"{token} comes after a note of its program at this onset (chords come first)"
+        if kind in ("Program", "Pedal", "PedalOff"):
+            return f"{token} comes after Program_{program} at this onset (programs ascend)"
+        return f"the note-order constraint forbids {token}"
+    return f"the constraint '{comp.name}' forbids {token}"
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """The outcome of checking one stream."""
+
+    tokens: int
+    violation: Violation | None
+
+    @property
+    def valid(self) -> bool:
+        return self.violation is None
+
+
+_TIME_KINDS = frozenset({"Position", "Bar", "Rest", "TimeSig"})
+
+
+def check_stream(automaton: Automaton, ids: Iterable[int]) -> StreamReport:
+    """Check a stream given as any iterable of ids (read lazily: large inputs are streamed)."""
+    vocab = automaton.vocab
+    V = len(vocab)
+    flats = [c.transitions.ravel() for c in automaton.components]
+    states = [int(c.start) for c in automaton.components]
+    recent: deque[int] = deque(maxlen=CONTEXT)
+    time_tokens = np.array([_kind(t) in _TIME_KINDS for t in vocab])
+    last_time = -1
+    n = 0
+    for tok in ids:
+        t = int(tok)
+        nexts = [int(flat[s * V + t]) for flat, s in zip(flats, states)]
+        for k, nxt in enumerate(nexts):
+            if nxt == REJECT:
+                history = [vocab[i] for i in recent]
+                if k != 0 and last_time >= 0 and (not history or vocab[last_time] not in history):
+                    history_for_reason = [vocab[last_time], *history]
+                else:
+                    history_for_reason = history
+                token = vocab[t]
+                reason = _explain(automaton, k, states[k], token, history_for_reason)
+                expected = _expected(automaton, states)
+                name = automaton.components[k].name
+                return StreamReport(n, Violation(n, token, tuple(history), name, reason, expected))
+        states = nexts
+        recent.append(t)
+        if time_tokens[t]:
+            last_time = t
+        n += 1
+    if automaton.is_accepting(states):
+        return StreamReport(n, None)
+    history = [vocab[i] for i in recent]
+    reason = "the stream is empty" if n == 0 else f"the stream ends incomplete after {history[-1]}"
+    violation = Violation(n, "<end of stream>", tuple(history), "end", reason, _expected(automaton, states))
+    return StreamReport(n, violation)
+
+
+def _expected(automaton: Automaton, states: Sequence[int]) -> str:
+    mask = automaton.allowed(states)
+    expected = summarize_tokens(automaton.vocab, mask)
+    if automaton.is_accepting(states):
+        return f"{expected} or the end of the stream" if mask.any() else "the end of the stream"
+    return expected
+
+
+def check_ids(automaton: Automaton, ids: Iterable[int]) -> Violation | None:
+    """``None`` if ``ids`` is in the language, else the first :class:`Violation`."""
+    return check_stream(automaton, ids).violation

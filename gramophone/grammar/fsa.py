@@ -1,0 +1,272 @@
+"""Finite-state automata as plain numpy tables: build, determinize, minimize, trim, multiply.
+
+A deterministic automaton here is a triple ``(T, accepting, start)``:
+
+- ``T``: ``int32[S, A]``, the next state for each state and input symbol, or
+  :data:`REJECT` where the symbol is forbidden;
+- ``accepting``: ``bool[S]``;
+- ``start``: an ``int``.
+
+The alphabet ``A`` is either the tokenizer's vocabulary or a partition of it into token
+classes (tokens that no terminal tells apart); :func:`expand` turns a class table into a
+vocabulary table. Nondeterministic automata only exist while a grammar is compiled
+(:class:`NFA`, Thompson's construction with symbol-set labels).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+REJECT = -1
+"""Transition value of a forbidden symbol."""
+
+
+@dataclass
+class NFA:
+    """A mutable nondeterministic automaton whose edges carry sets of symbols."""
+
+    eps: list[list[int]] = field(default_factory=list)
+    edges: list[list[tuple[frozenset[int], int]]] = field(default_factory=list)
+
+    def new_state(self) -> int:
+        self.eps.append([])
+        self.edges.append([])
+        return len(self.eps) - 1
+
+    def add_eps(self, src: int, dst: int) -> None:
+        self.eps[src].append(dst)
+
+    def add_edge(self, src: int, symbols: frozenset[int], dst: int) -> None:
+        if symbols:  # an empty symbol set is the empty language: no edge at all
+            self.edges[src].append((symbols, dst))
+
+
+def determinize(nfa: NFA, start: int, final: int, n_symbols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Subset construction. Returns ``(T int32[S, n_symbols], accepting bool[S])``, start 0."""
+    closure_memo: dict[int, frozenset[int]] = {}
+
+    def closure_of(state: int) -> frozenset[int]:
+        got = closure_memo.get(state)
+        if got is None:
+            seen = {state}
+            stack = [state]
+            while stack:
+                for nxt in nfa.eps[stack.pop()]:
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        stack.append(nxt)
+            got = closure_memo[state] = frozenset(seen)
+        return got
+
+    def closure(states: Iterable[int]) -> frozenset[int]:
+        out: set[int] = set()
+        for s in states:
+            out |= closure_of(s)
+        return frozenset(out)
+
+    first = closure([start])
+    index = {first: 0}
+    order = [first]
+    rows: list[np.ndarray] = []
+    i = 0
+    while i < len(order):
+        current = order[i]
+        targets: list[set[int]] = [set() for _ in range(n_symbols)]
+        for s in current:
+            for symbols, dst in nfa.edges[s]:
+                for a in symbols:
+                    targets[a].add(dst)
+        row = np.full(n_symbols, REJECT, dtype=np.int32)
+        for a, tset in enumerate(targets):
+            if tset:
+                nxt = closure(tset)
+                j = index.get(nxt)
+                if j is None:
+                    j = index[nxt] = len(order)
+                    order.append(nxt)
+                row[a] = j
+        rows.append(row)
+        i += 1
+    T = np.stack(rows).astype(np.int32)
+    accepting = np.array([final in s for s in order], dtype=bool)
+    return T, accepting
+
+
+def reachable(T: np.ndarray, start: int) -> np.ndarray:
+    """``bool[S]``: states reachable from ``start``."""
+    seen = np.zeros(T.shape[0], dtype=bool)
+    seen[start] = True
+    frontier = np.array([start])
+    while frontier.size:
+        nxt = np.unique(T[frontier].ravel())
+        nxt = nxt[nxt != REJECT]
+        nxt = nxt[~seen[nxt]]
+        seen[nxt] = True
+        frontier = nxt
+    return seen
+
+
+def coreachable(T: np.ndarray, accepting: np.ndarray) -> np.ndarray:
+    """``bool[S]``: states from which an accepting state can be reached."""
+    S = T.shape[0]
+    src, _sym = np.nonzero(T != REJECT)
+    dst = T[T != REJECT]
+    # Reverse adjacency as CSR.
+    order = np.argsort(dst, kind="stable")
+    rsrc = src[order]
+    starts = np.searchsorted(dst[order], np.arange(S + 1))
+    good = accepting.copy()
+    frontier = np.nonzero(good)[0]
+    while frontier.size:
+        preds = np.concatenate([rsrc[starts[s] : starts[s + 1]] for s in frontier]) if frontier.size else frontier
+        preds = np.unique(preds)
+        preds = preds[~good[preds]]
+        good[preds] = True
+        frontier = preds
+    return good
+
+
+def distance_to_accept(T: np.ndarray, accepting: np.ndarray) -> np.ndarray:
+    """``int32[S]``: fewest symbols from each state to an accepting state (-1: never)."""
+    S = T.shape[0]
+    dist = np.full(S, -1, dtype=np.int32)
+    dist[accepting] = 0
+    src, _ = np.nonzero(T != REJECT)
+    dst = T[T != REJECT]
+    order = np.argsort(dst, kind="stable")
+    rsrc = src[order]
+    starts = np.searchsorted(dst[order], np.arange(S + 1))
+    frontier = np.nonzero(accepting)[0]
+    d = 0
+    while frontier.size:
+        d += 1
+        preds = np.unique(np.concatenate([rsrc[starts[s] : starts[s + 1]] for s in frontier]))
+        preds = preds[dist[preds] < 0]
+        dist[preds] = d
+        frontier = preds
+    return dist
+
+
+def trim(T: np.ndarray, accepting: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Drop states unreachable from ``start`` or that cannot reach acceptance.
+
+    Raises ``ValueError`` when the language is empty (the start state itself is useless).
+    """
+    keep = reachable(T, start) & coreachable(T, accepting)
+    if not keep[start]:
+        raise ValueError("the automaton accepts no stream at all (empty language)")
+    new_id = np.full(T.shape[0] + 1, REJECT, dtype=np.int32)  # last slot maps REJECT
+    new_id[np.nonzero(keep)[0]] = np.arange(int(keep.sum()), dtype=np.int32)
+    T2 = new_id[T[keep]]
+    return T2.astype(np.int32), accepting[keep].copy(), int(new_id[start])
+
+
+def minimize(T: np.ndarray, accepting: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Moore's partition refinement, then a canonical breadth-first numbering.
+
+    Two automata with the same language come out with identical tables, which makes the
+    content hash of a compiled grammar independent of how it was written.
+    """
+    S = T.shape[0]
+    block = accepting.astype(np.int64)
+    n_blocks = len(np.unique(block))
+    while True:
+        succ = np.where(T == REJECT, -1, block[np.where(T == REJECT, 0, T)])
+        signature = np.concatenate([block[:, None], succ], axis=1)
+        _, new_block = np.unique(signature, axis=0, return_inverse=True)
+        new_block = new_block.reshape(S)
+        n_new = int(new_block.max()) + 1 if S else 0
+        block = new_block
+        if n_new == n_blocks:
+            break
+        n_blocks = n_new
+    # Quotient automaton: one representative row per block.
+    reps = np.zeros(n_blocks, dtype=np.int64)
+    reps[block] = np.arange(S)
+    Tq = np.where(T[reps] == REJECT, REJECT, block[np.where(T[reps] == REJECT, 0, T[reps])])
+    return canonical(Tq.astype(np.int32), accepting[reps].copy(), int(block[start]))
+
+
+def canonical(T: np.ndarray, accepting: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Renumber states in breadth-first order from ``start`` (symbols in increasing order)."""
+    S = T.shape[0]
+    new_id = np.full(S, -1, dtype=np.int64)
+    new_id[start] = 0
+    order = [start]
+    queue = deque([start])
+    while queue:
+        s = queue.popleft()
+        for t in T[s]:
+            if t != REJECT and new_id[t] < 0:
+                new_id[t] = len(order)
+                order.append(int(t))
+                queue.append(int(t))
+    perm = np.array(order, dtype=np.int64)
+    lookup = np.append(new_id, REJECT)  # index -1 -> REJECT
+    T2 = lookup[T[perm]].astype(np.int32)
+    return T2, accepting[perm].copy(), 0
+
+
+def expand(T_classes: np.ndarray, token_class: np.ndarray) -> np.ndarray:
+    """Class table ``int32[S, C]`` -> vocabulary table ``int32[S, V]``.
+
+    ``token_class``: ``int[V]``, the class of each token, or -1 for tokens no terminal
+    matches (always rejected).
+    """
+    padded = np.concatenate([T_classes, np.full((T_classes.shape[0], 1), REJECT, np.int32)], axis=1)
+    return padded[:, token_class].astype(np.int32)
+
+
+def product(
+    tables: Sequence[np.ndarray],
+    accepting: Sequence[np.ndarray],
+    starts: Sequence[int],
+    max_states: int = 2_000_000,
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Reachable part of the synchronous product of automata over one alphabet.
+
+    Returns ``(T int32[S, A], accepting bool[S], start 0, states int32[S, K])`` where row
+    ``i`` of ``states`` is the tuple of component states of product state ``i``.
+    Raises ``ValueError`` past ``max_states`` (estimate before asking for a dense product).
+    """
+    K = len(tables)
+    A = tables[0].shape[1]
+    sizes = np.array([t.shape[0] for t in tables], dtype=np.int64)
+    strides = np.cumprod(np.concatenate([[1], sizes[:-1]]))[::-1][::-1]
+    index: dict[int, int] = {}
+    tuples: list[np.ndarray] = []
+
+    def key(states: np.ndarray) -> np.ndarray:
+        return (states * strides[None, :]).sum(axis=1)
+
+    start_vec = np.array(starts, dtype=np.int64)
+    index[int((start_vec * strides).sum())] = 0
+    tuples.append(start_vec)
+    rows: list[np.ndarray] = []
+    i = 0
+    while i < len(tuples):
+        cur = tuples[i]
+        nxt = np.stack([tables[k][cur[k]] for k in range(K)], axis=1).astype(np.int64)  # (A, K)
+        ok = (nxt != REJECT).all(axis=1)
+        row = np.full(A, REJECT, dtype=np.int32)
+        keys = key(np.where(nxt < 0, 0, nxt))
+        for a in np.nonzero(ok)[0]:
+            k = int(keys[a])
+            j = index.get(k)
+            if j is None:
+                j = index[k] = len(tuples)
+                tuples.append(nxt[a])
+                if len(tuples) > max_states:
+                    raise ValueError(f"product exceeds {max_states} states")
+            row[a] = j
+        rows.append(row)
+        i += 1
+    states = np.stack(tuples).astype(np.int32)
+    acc = np.ones(len(tuples), dtype=bool)
+    for k in range(K):
+        acc &= accepting[k][states[:, k]]
+    return np.stack(rows).astype(np.int32), acc, 0, states

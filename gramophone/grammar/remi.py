@@ -1,0 +1,193 @@
+"""The REMI grammar derived from a miditok tokenizer config, and its compilation.
+
+The shipped grammar file (``grammars/remi.lark``) describes the richest REMI language
+gramophone supports; :func:`derive` narrows it to one config and refuses, with a clear
+:class:`~gramophone.UnsupportedConfigError`, every option it does not cover.
+:func:`compile_remi` compiles it with the constraint automata and caches the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from gramophone._paths import cache_dir
+from gramophone._version import __version__
+from gramophone.errors import GramophoneError, UnsupportedConfigError
+from gramophone.grammar.automaton import Automaton, Component
+from gramophone.grammar.compiler import compile_grammar
+from gramophone.grammar.constraints import TimeModel, note_order_component, time_component
+
+if TYPE_CHECKING:
+    from miditok import MusicTokenizer
+
+__all__ = ["RemiGrammar", "compile_remi", "derive", "grammar_file_text"]
+
+log = logging.getLogger(__name__)
+
+#: Options (and the value that is supported) checked by :func:`derive`.
+_UNSUPPORTED_FLAGS = {
+    "use_key_signatures": False,
+    "use_control_changes": False,
+    "use_pitch_intervals": False,
+    "program_changes": False,
+    "sustain_pedal_duration": False,
+}
+
+
+def grammar_file_text(name: str = "remi") -> str:
+    """The text of a grammar shipped as package data."""
+    return (resources.files("gramophone.grammar") / "grammars" / f"{name}.lark").read_text()
+
+
+@dataclass(frozen=True)
+class RemiGrammar:
+    """A grammar narrowed to one config: lark text plus the constraints' parameters."""
+
+    text: str
+    absent_terminals: tuple[str, ...]
+    time: TimeModel
+    remove_duplicated_notes: bool
+    use_programs: bool
+
+
+def _config_dict(tokenizer: MusicTokenizer) -> dict[str, Any]:
+    return dict(tokenizer.config.to_dict(serialize=True))
+
+
+def derive(tokenizer: MusicTokenizer) -> RemiGrammar:
+    """Narrow the REMI grammar to ``tokenizer``'s config (or refuse the config)."""
+    from miditok import REMI
+    from miditok.constants import TIME_SIGNATURE
+
+    if not isinstance(tokenizer, REMI):
+        raise UnsupportedConfigError(
+            f"tokenizer {type(tokenizer).__name__} is not supported: gramophone's grammar is for REMI"
+        )
+    cfg = tokenizer.config
+    if tokenizer.is_trained:
+        raise UnsupportedConfigError("trained (BPE/Unigram/WordPiece) tokenizers are not supported")
+    for option, supported in _UNSUPPORTED_FLAGS.items():
+        if bool(getattr(cfg, option)) != supported:
+            raise UnsupportedConfigError(f"tokenizer option {option}={getattr(cfg, option)!r} is not supported")
+    if cfg.use_programs and not cfg.one_token_stream_for_programs:
+        raise UnsupportedConfigError(
+            "use_programs with one_token_stream_for_programs=False is not supported (programs in one stream only)"
+        )
+    params = cfg.additional_params
+    if params.get("use_bar_end_tokens"):
+        raise UnsupportedConfigError("tokenizer option use_bar_end_tokens=True is not supported")
+    if params.get("max_bar_embedding") is not None:
+        raise UnsupportedConfigError("tokenizer option max_bar_embedding is not supported (Bar_None only)")
+    active_ac = sorted(k for k, v in vars(cfg).items() if k.startswith("ac_") and v is True)
+    if active_ac:
+        raise UnsupportedConfigError(f"attribute controls are not supported ({', '.join(active_ac)})")
+    programs = set(cfg.programs) if cfg.use_programs else {0}
+    missing = programs - set(cfg.use_note_duration_programs)
+    if missing:
+        raise UnsupportedConfigError(
+            "use_note_duration_programs must cover every program (Duration tokens for all notes); "
+            f"missing {sorted(missing)[:5]}"
+        )
+
+    specials = {tok.split("_")[0] for tok in cfg.special_tokens}
+    absent = set()
+    for terminal, present in (
+        ("BOS", "BOS" in specials),
+        ("EOS", "EOS" in specials),
+        ("PAD", "PAD" in specials),
+        ("TIME_SIG", cfg.use_time_signatures),
+        ("REST", cfg.use_rests),
+        ("TEMPO", cfg.use_tempos),
+        ("CHORD", cfg.use_chords),
+        ("PROGRAM", cfg.use_programs),
+        ("VELOCITY", cfg.use_velocities),
+        ("PEDAL", cfg.use_sustain_pedals),
+        ("PEDAL_OFF", cfg.use_sustain_pedals),
+        ("PITCH_BEND", cfg.use_pitch_bends),
+    ):
+        if not present:
+            absent.add(terminal)
+    overrides = []
+    if not cfg.use_velocities:
+        overrides.append("%override velocity:")
+    if not cfg.use_programs:
+        overrides.append("%override program:")
+    if not cfg.use_time_signatures:
+        overrides.append("%override time_sig:")
+    text = grammar_file_text("remi")
+    if overrides:
+        text += "\n// Derived from the tokenizer config:\n" + "\n".join(overrides) + "\n"
+
+    time_sigs = tuple(tuple(ts) for ts in tokenizer.time_signatures) if cfg.use_time_signatures else ()
+    model = TimeModel(
+        positions_per_beat=int(cfg.max_num_pos_per_beat),
+        time_signatures=time_sigs,  # type: ignore[arg-type]
+        default_time_signature=tuple(TIME_SIGNATURE),  # type: ignore[arg-type]
+        use_time_signatures=bool(cfg.use_time_signatures),
+        use_rests=bool(cfg.use_rests),
+    )
+    return RemiGrammar(
+        text=text,
+        absent_terminals=tuple(sorted(absent)),
+        time=model,
+        remove_duplicated_notes=bool(cfg.remove_duplicated_notes),
+        use_programs=bool(cfg.use_programs),
+    )
+
+
+def _cache_key(vocab: list[str], grammar: RemiGrammar) -> str:
+    payload = json.dumps(
+        {
+            "version": __version__,
+            "vocab": vocab,
+            "grammar": asdict(grammar),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def compile_remi(tokenizer: MusicTokenizer, *, use_cache: bool = True) -> Automaton:
+    """Compile the grammar of ``tokenizer``: syntax DFA + time + note-order constraints.
+
+    Cached under ``cache_dir()/automata`` keyed on the vocabulary, the derived grammar and
+    the gramophone version; a corrupted cache entry is rebuilt.
+    """
+    grammar = derive(tokenizer)
+    vocab = [tok for tok, _ in sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])]
+    path = cache_dir() / "automata" / f"remi-{_cache_key(vocab, grammar)}.npz"
+    if use_cache and path.exists():
+        try:
+            return Automaton.load(path)
+        except GramophoneError as exc:
+            log.warning("rebuilding the automaton cache entry: %s", exc)
+    syntax = compile_grammar(
+        grammar.text, vocab, absent_terminals=grammar.absent_terminals, source="remi.lark"
+    )
+    components = [
+        Component(
+            name="syntax",
+            transitions=syntax.transitions,
+            accepting=syntax.accepting,
+            start=syntax.start,
+        ),
+        time_component(vocab, grammar.time),
+    ]
+    if grammar.remove_duplicated_notes:
+        components.append(note_order_component(vocab, grammar.use_programs))
+    meta = {
+        "gramophone_version": __version__,
+        "tokenizer_config": json.dumps(_config_dict(tokenizer), sort_keys=True, default=str),
+    }
+    automaton = Automaton(tuple(vocab), tuple(components), grammar.text, meta)
+    if use_cache:
+        try:
+            automaton.save(path)
+        except OSError as exc:  # a read-only cache is not fatal
+            log.warning("could not write the automaton cache %s: %s", path, exc)
+    return automaton
