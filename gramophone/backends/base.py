@@ -36,7 +36,7 @@ import numpy as np
 from gramophone.backends import checkpoint as ckpt
 from gramophone.backends.config import ModelConfig, TrainConfig
 
-__all__ = ["Backend", "Batch", "Checkpoint", "sinusoidal_positions"]
+__all__ = ["Backend", "Batch", "Checkpoint", "init_weights", "sinusoidal_positions"]
 
 Batch = Mapping[str, np.ndarray]
 Params = Any  # backend-specific, opaque to callers
@@ -63,6 +63,29 @@ def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
     return pe.astype(np.float32)
 
 
+def init_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Initial parameters in the checkpoint layout, from numpy's PCG64 seeded by ``seed``.
+
+    Both backends initialise from this, so the same seed gives the same model in either
+    framework (and initialisation never compiles anything). Weight matrices and the token
+    embedding ~ N(0, 0.02); the two residual projections of each block (``attn.proj``,
+    ``mlp.proj``) ~ N(0, 0.02 / sqrt(2 n_layers)); biases 0; LayerNorm scales 1.
+    """
+    rng = np.random.default_rng(seed)
+    resid_std = INIT_STD / np.sqrt(2 * config.n_layers)
+    out: dict[str, np.ndarray] = {}
+    for name, shape in ckpt.expected_shapes(config).items():
+        if name.endswith("bias"):
+            arr = np.zeros(shape)
+        elif len(shape) == 1:  # LayerNorm scale
+            arr = np.ones(shape)
+        else:
+            std = resid_std if name.endswith("proj.weight") else INIT_STD
+            arr = rng.normal(0.0, std, size=shape)
+        out[name] = arr.astype(np.float32)
+    return out
+
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: parameters in the backend's form plus ``config.json``."""
@@ -84,9 +107,10 @@ class Backend(ABC):
 
     # ----------------------------------------------------------------- parameters
 
-    @abstractmethod
     def init(self, config: ModelConfig, seed: int = 0) -> Params:
-        """Fresh parameters; the same ``seed`` gives identical parameters (per backend)."""
+        """Fresh parameters from :func:`init_weights`: the same ``seed`` gives identical
+        parameters, in this backend and in every other."""
+        return self.from_numpy(init_weights(config, seed), config)
 
     @abstractmethod
     def config_of(self, params: Params) -> ModelConfig:

@@ -44,6 +44,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "CheckpointInfo",
     "atomic_write",
+    "check_weights",
     "expected_shapes",
     "file_path",
     "read_info",
@@ -139,7 +140,7 @@ def save_checkpoint(
     from safetensors.numpy import save_file
 
     directory = Path(path)
-    _check_weights(weights, model, f"{directory / WEIGHTS_FILE} (writing)")
+    check_weights(weights, model, f"{directory / WEIGHTS_FILE} (writing)")
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(weights[k], dtype=np.float32)
               for k in expected_shapes(model)}
@@ -236,11 +237,13 @@ def read_weights(info: CheckpointInfo, *, verify: bool = True) -> dict[str, np.n
         weights = load_file(str(p))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{p}: truncated or corrupted ({exc})") from None
-    _check_weights(weights, info.model, str(p))
+    check_weights(weights, info.model, str(p))
     return weights
 
 
-def _check_weights(weights: Mapping[str, np.ndarray], model: ModelConfig, where: str) -> None:
+def check_weights(weights: Mapping[str, np.ndarray], model: ModelConfig, where: str) -> None:
+    """Raise :class:`CheckpointError` unless ``weights`` has exactly the names, shapes and
+    dtype (float32) that ``model`` needs; ``where`` starts the message."""
     shapes = expected_shapes(model)
     missing = [k for k in shapes if k not in weights]
     unexpected = sorted(set(weights) - set(shapes))

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -273,7 +274,7 @@ class Automaton:
                             info=info,
                         )
                     )
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise GramophoneError(f"{path}: not a readable automaton file ({exc})") from exc
         auto = cls(tuple(header["vocab"]), tuple(comps), header["grammar_text"], header["meta"])
         if auto.hash != header["hash"]:

@@ -226,47 +226,54 @@ def product(
     accepting: Sequence[np.ndarray],
     starts: Sequence[int],
     max_states: int = 2_000_000,
+    chunk: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """Reachable part of the synchronous product of automata over one alphabet.
 
     Returns ``(T int32[S, A], accepting bool[S], start 0, states int32[S, K])`` where row
     ``i`` of ``states`` is the tuple of component states of product state ``i``.
+    Breadth-first, a chunk of the frontier at a time (vectorized over states and symbols).
     Raises ``ValueError`` past ``max_states`` (estimate before asking for a dense product).
     """
     K = len(tables)
-    A = tables[0].shape[1]
     sizes = np.array([t.shape[0] for t in tables], dtype=np.int64)
-    strides = np.cumprod(np.concatenate([[1], sizes[:-1]]))[::-1][::-1]
-    index: dict[int, int] = {}
-    tuples: list[np.ndarray] = []
-
-    def key(states: np.ndarray) -> np.ndarray:
-        return (states * strides[None, :]).sum(axis=1)
-
+    strides = np.concatenate([[1], np.cumprod(sizes[:-1])]).astype(np.int64)
     start_vec = np.array(starts, dtype=np.int64)
-    index[int((start_vec * strides).sum())] = 0
-    tuples.append(start_vec)
+    index: dict[int, int] = {int((start_vec * strides).sum()): 0}
+    tuples: list[np.ndarray] = [start_vec[None, :]]
     rows: list[np.ndarray] = []
-    i = 0
-    while i < len(tuples):
-        cur = tuples[i]
-        nxt = np.stack([tables[k][cur[k]] for k in range(K)], axis=1).astype(np.int64)  # (A, K)
-        ok = (nxt != REJECT).all(axis=1)
-        row = np.full(A, REJECT, dtype=np.int32)
-        keys = key(np.where(nxt < 0, 0, nxt))
-        for a in np.nonzero(ok)[0]:
-            k = int(keys[a])
-            j = index.get(k)
-            if j is None:
-                j = index[k] = len(tuples)
-                tuples.append(nxt[a])
-                if len(tuples) > max_states:
-                    raise ValueError(f"product exceeds {max_states} states")
-            row[a] = j
+    n_states = 1
+    done = 0
+    pending = start_vec[None, :]
+    while done < n_states:
+        cur = pending[:chunk]
+        pending = pending[chunk:]
+        nxt = np.stack([tables[k][cur[:, k]] for k in range(K)], axis=-1).astype(np.int64)  # (n, A, K)
+        ok = (nxt != REJECT).all(axis=-1)
+        keys = np.where(ok, (np.where(nxt < 0, 0, nxt) * strides).sum(axis=-1), -1)  # (n, A)
+        uniq, first = np.unique(keys[ok], return_index=True)
+        flat_states = nxt[ok]
+        ids = np.empty(uniq.shape[0], dtype=np.int64)
+        new_rows = []
+        for j, key in enumerate(uniq.tolist()):
+            got = index.get(key)
+            if got is None:
+                got = index[key] = n_states
+                n_states += 1
+                new_rows.append(first[j])
+            ids[j] = got
+        if n_states > max_states:
+            raise ValueError(f"product exceeds {max_states} states")
+        if new_rows:
+            fresh = flat_states[np.array(new_rows)]
+            tuples.append(fresh)
+            pending = np.concatenate([pending, fresh]) if pending.size else fresh
+        row = np.full(keys.shape, REJECT, dtype=np.int32)
+        row[ok] = ids[np.searchsorted(uniq, keys[ok])]
         rows.append(row)
-        i += 1
-    states = np.stack(tuples).astype(np.int32)
-    acc = np.ones(len(tuples), dtype=bool)
+        done += cur.shape[0]
+    states = np.concatenate(tuples).astype(np.int32)
+    acc = np.ones(n_states, dtype=bool)
     for k in range(K):
         acc &= accepting[k][states[:, k]]
-    return np.stack(rows).astype(np.int32), acc, 0, states
+    return np.concatenate(rows).astype(np.int32), acc, 0, states

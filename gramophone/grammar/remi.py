@@ -116,7 +116,7 @@ def derive(tokenizer: MusicTokenizer) -> RemiGrammar:
     if not cfg.use_velocities:
         overrides.append("%override velocity:")
     if not cfg.use_programs:
-        overrides.append("%override program:")
+        overrides += ["%override program:", "%override later_runs:"]
     if not cfg.use_time_signatures:
         overrides.append("%override time_sig:")
     text = grammar_file_text("remi")

@@ -5,6 +5,8 @@ Decoder-only: token embedding * sqrt(d_model) + fixed sinusoidal positions, drop
 ``n_layers`` pre-LayerNorm blocks (LN -> causal self-attention -> residual,
 LN -> MLP with tanh-GELU -> residual), a final LayerNorm and an untied output projection
 with bias. Parameter names are the checkpoint's (``blocks.0.attn.qkv.weight``, ...).
+Initial values come from :func:`gramophone.backends.base.init_weights` (shared by both
+backends), not from the modules' default initialisers.
 
 Decoding uses a fixed-size KV cache (:class:`KVCache`), updated in place.
 """
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gramophone.backends.base import INIT_STD, LN_EPS, sinusoidal_positions
+from gramophone.backends.base import LN_EPS, sinusoidal_positions
 from gramophone.backends.config import ModelConfig
 
 __all__ = ["GPT", "KVCache"]
@@ -118,19 +120,6 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layers)])
         self.ln_f = nn.LayerNorm(config.d_model, eps=LN_EPS)
         self.head = nn.Linear(config.d_model, config.vocab_size)
-
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Normal(0, 0.02) weights and embeddings, residual projections scaled by
-        1/sqrt(2 n_layers), zero biases, unit LayerNorm scales."""
-        resid_std = INIT_STD / math.sqrt(2 * self.config.n_layers)
-        for name, p in self.named_parameters():
-            if name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif ".ln" in name or name.startswith("ln_f"):
-                nn.init.ones_(p)
-            else:
-                std = resid_std if name.endswith("proj.weight") else INIT_STD
-                nn.init.normal_(p, 0.0, std, generator=generator)
 
     def embed(self, ids: Tensor, positions: Tensor) -> Tensor:
         """``ids`` (B, T), ``positions`` (T,) or (B, T) -> (B, T, C)."""

@@ -1,0 +1,232 @@
+"""The PyTorch backend: numpy at the boundary, :class:`GPT` inside.
+
+``params`` is the ``GPT`` module itself. Training is plain PyTorch: AdamW with two
+parameter groups (decay on matrices and embeddings only), ``LambdaLR`` with
+:func:`~gramophone.backends.config.learning_rate`, ``clip_grad_norm_``. Dropout draws from
+a generator seeded by ``(seed, step)`` inside ``torch.random.fork_rng``, so a run is
+reproducible and resumable without touching torch's global random state.
+
+For decoding loops that stay on the device (no host sync per step) use the module's own
+``GPT.prefill`` / ``GPT.decode_step`` on tensors; the methods here convert to numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gramophone.backends import checkpoint as ckpt
+from gramophone.backends.base import Backend, Batch
+from gramophone.backends.config import ModelConfig, TrainConfig, learning_rate
+from gramophone.backends.torch_backend.model import GPT, KVCache
+from gramophone.errors import CheckpointError
+
+__all__ = ["TorchBackend", "TorchTrainState", "compute_losses"]
+
+OPTIMIZER_FILE = "optimizer-torch.pt"
+
+
+@dataclass
+class TorchTrainState:
+    """Mutable training state: the module, its optimizer and schedule, the update count."""
+
+    model: GPT
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    train: TrainConfig
+    step: int = 0
+
+
+def compute_losses(logits: Tensor, batch: Mapping[str, Tensor],
+                   train: TrainConfig) -> dict[str, Tensor]:
+    """Weighted-mean losses (scalars) of ``logits`` (B, T, V) against ``batch``; the same
+    formulas as :mod:`gramophone.backends.losses_ref`."""
+    targets, weights = batch["targets"].long(), batch["weights"].float()
+    allowed = batch.get("allowed")
+    eps = train.label_smoothing
+    denom = weights.sum().clamp_min(1e-8)
+
+    def mean(x: Tensor) -> Tensor:
+        return (x * weights).sum() / denom
+
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    nll = -logp.gather(-1, targets[..., None])[..., 0]  # (B, T)
+    ce = (1 - eps) * nll - eps * logp.mean(dim=-1)  # (B, T)
+    out = {"nll": mean(nll)}
+    if allowed is None:
+        if train.loss != "ce":
+            raise ValueError(f"loss {train.loss!r} needs 'allowed' in the batch")
+        out["loss"] = mean(ce)
+        return out
+    # the target always counts as allowed (see losses_ref)
+    allow = allowed.bool().scatter(-1, targets[..., None], True)  # (B, T, V)
+    structural = -torch.logsumexp(logp.masked_fill(~allow, -torch.inf), dim=-1)  # (B, T)
+    out["structural"] = mean(structural)
+    if train.loss == "ce":
+        out["loss"] = mean(ce)
+    elif train.loss == "ce+structural":
+        out["loss"] = mean(ce + train.structural_weight * structural)
+    else:  # masked: renormalise over the allowed tokens
+        logq = F.log_softmax(logits.float().masked_fill(~allow, -torch.inf), dim=-1)
+        smooth = -logq.masked_fill(~allow, 0.0).sum(-1) / allow.sum(-1)  # (B, T)
+        masked = (1 - eps) * -logq.gather(-1, targets[..., None])[..., 0] + eps * smooth
+        out["loss"] = mean(masked)
+    return out
+
+
+class TorchBackend(Backend):
+    """PyTorch implementation. ``device`` defaults to CUDA when available, else CPU."""
+
+    name = "torch"
+    optimizer_files = (OPTIMIZER_FILE,)
+
+    def __init__(self, device: str | torch.device | None = None) -> None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _tensor(self, x: np.ndarray | Tensor, dtype: torch.dtype) -> Tensor:
+        if isinstance(x, Tensor):
+            return x.to(self.device, dtype)
+        arr = np.asarray(x)
+        if not arr.flags.writeable:  # torch wants writable memory (e.g. broadcast views)
+            arr = arr.copy()
+        return torch.as_tensor(arr, device=self.device).to(dtype)
+
+    def _batch(self, batch: Batch) -> dict[str, Tensor]:
+        out = {
+            "inputs": self._tensor(batch["inputs"], torch.long),
+            "targets": self._tensor(batch["targets"], torch.long),
+            "weights": self._tensor(batch["weights"], torch.float32),
+        }
+        if batch.get("allowed") is not None:
+            out["allowed"] = self._tensor(batch["allowed"], torch.bool)
+        return out
+
+    @contextlib.contextmanager
+    def _seeded(self, seed: int) -> Iterator[None]:
+        """Seed torch's generators inside, restore the caller's random state after."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    # ----------------------------------------------------------------- parameters
+
+    def config_of(self, params: GPT) -> ModelConfig:
+        return params.config
+
+    def to_numpy(self, params: GPT) -> dict[str, np.ndarray]:
+        return {k: v.detach().to("cpu", torch.float32).numpy().copy()
+                for k, v in params.state_dict().items()}
+
+    def from_numpy(self, weights: Mapping[str, np.ndarray], config: ModelConfig) -> GPT:
+        ckpt.check_weights(weights, config, "weights")
+        with self._seeded(0):  # construction draws default inits we overwrite
+            model = GPT(config)
+        model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32))
+                               for k, v in weights.items()})
+        return model.to(self.device)
+
+    # ----------------------------------------------------------------- inference
+
+    @torch.inference_mode()
+    def logits(self, params: GPT, ids: np.ndarray) -> np.ndarray:
+        params.eval()
+        return params(self._tensor(ids, torch.long)).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def prefill(self, params: GPT, ids: np.ndarray, cache_len: int | None = None,
+                lengths: np.ndarray | None = None) -> tuple[np.ndarray, KVCache]:
+        params.eval()
+        ids_t = self._tensor(ids, torch.long)
+        lengths_t = None if lengths is None else self._tensor(lengths, torch.long)
+        logits, cache = params.prefill(ids_t, cache_len or params.config.max_len, lengths_t)
+        return logits.float().cpu().numpy(), cache
+
+    @torch.inference_mode()
+    def decode_step(self, params: GPT, token: np.ndarray, cache: KVCache,
+                    position: int | np.ndarray) -> tuple[np.ndarray, KVCache]:
+        params.eval()
+        token_t = self._tensor(token, torch.long)
+        pos = self._tensor(np.broadcast_to(np.asarray(position), token_t.shape), torch.long)
+        logits, cache = params.decode_step(token_t, cache, pos)
+        return logits.float().cpu().numpy(), cache
+
+    # ----------------------------------------------------------------- training
+
+    @torch.no_grad()
+    def evaluate(self, params: GPT, batch: Batch, train: TrainConfig) -> dict[str, float]:
+        params.eval()
+        b = self._batch(batch)
+        return {k: float(v) for k, v in compute_losses(params(b["inputs"]), b, train).items()}
+
+    def init_state(self, params: GPT, train: TrainConfig, step: int = 0) -> TorchTrainState:
+        decay = [p for p in params.parameters() if p.dim() >= 2]  # matrices, embedding
+        no_decay = [p for p in params.parameters() if p.dim() < 2]  # biases, LayerNorm
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": train.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps,
+        )
+        for group in optimizer.param_groups:
+            group["initial_lr"] = train.lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: learning_rate(s, train) / train.lr, last_epoch=step - 1,
+        )
+        return TorchTrainState(params, optimizer, scheduler, train, step)
+
+    def train_step(self, state: TorchTrainState,
+                   batch: Batch) -> tuple[TorchTrainState, dict[str, float]]:
+        model, train = state.model, state.train
+        model.train()
+        b = self._batch(batch)
+        lr = state.scheduler.get_last_lr()[0]
+        with self._seeded(train.seed * 1_000_003 + state.step):  # dropout masks
+            losses = compute_losses(model(b["inputs"]), b, train)
+            state.optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm)
+        state.optimizer.step()
+        state.scheduler.step()
+        state.step += 1
+        metrics = {k: float(v.detach()) for k, v in losses.items()}
+        metrics |= {"grad_norm": float(grad_norm), "lr": float(lr)}
+        return state, metrics
+
+    def state_params(self, state: TorchTrainState) -> GPT:
+        return state.model
+
+    def state_step(self, state: TorchTrainState) -> int:
+        return state.step
+
+    def state_train(self, state: TorchTrainState) -> TrainConfig:
+        return state.train
+
+    def _optimizer_writers(self, state: TorchTrainState) -> dict[str, Callable[[Path], None]]:
+        # the schedule is a function of the step: rebuilt on load, not stored
+        payload = {"optimizer": state.optimizer.state_dict(), "step": state.step}
+        return {OPTIMIZER_FILE: lambda tmp: torch.save(payload, tmp)}
+
+    def _restore_optimizer(self, state: TorchTrainState,
+                           info: ckpt.CheckpointInfo) -> TorchTrainState:
+        path = ckpt.file_path(info, OPTIMIZER_FILE)
+        assert path is not None
+        try:
+            payload = torch.load(path, map_location=self.device, weights_only=True)
+            state.optimizer.load_state_dict(payload["optimizer"])
+        except Exception as exc:  # torch raises many kinds on a bad file
+            raise CheckpointError(f"{path}: cannot restore the optimizer ({exc})") from None
+        if payload.get("step") != info.step:
+            raise CheckpointError(f"{path}: optimizer is at step {payload.get('step')} but "
+                                  f"{ckpt.CONFIG_FILE} says {info.step}")
+        return state

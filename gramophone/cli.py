@@ -1,0 +1,267 @@
+"""The command line: a thin argparse front over library calls.
+
+Exit status of every subcommand: 0 success, 1 a negative answer (``check``: some stream
+is invalid), 2 an error (unreadable input, bad usage). Errors are one line on stderr,
+naming the file and the problem; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gramophone._version import __version__
+from gramophone.errors import GramophoneError
+
+if TYPE_CHECKING:
+    from miditok import REMI
+
+    from gramophone.grammar import Automaton
+
+EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
+
+
+def _err(message: str) -> None:
+    print(f"gramophone: {message}", file=sys.stderr)
+
+
+def _load(tokenizer_path: str | None) -> tuple[REMI, Automaton]:
+    from gramophone.grammar import compile_remi
+    from gramophone.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_path)
+    return tokenizer, compile_remi(tokenizer)
+
+
+# -- check ------------------------------------------------------------------------------
+def _text_token_streams(chunks: Iterator[str], name: str, index: dict[str, int]) -> Iterator[Iterator[int]]:
+    """Lazily split text into streams (blank-line separated) of ids, for large inputs."""
+    from gramophone.errors import TokenFileError
+
+    pending: list[str] = []
+    lines = _lines(chunks)
+
+    def stream() -> Iterator[int]:
+        count = 0
+        while True:
+            if not pending:
+                line = next(lines, None)
+                if line is None or not line.strip():
+                    return
+                pending.extend(reversed(line.split()))
+            tok = pending.pop()
+            idx = index.get(tok)
+            if idx is None:
+                raise TokenFileError(f"{name}: token {count}: unknown token name {tok!r}")
+            count += 1
+            yield idx
+
+    while True:
+        # Skip blank lines between streams.
+        line = next(lines, None)
+        while line is not None and not line.strip():
+            line = next(lines, None)
+        if line is None:
+            return
+        pending.extend(reversed(line.split()))
+        yield stream()
+
+
+def _lines(chunks: Iterator[str]) -> Iterator[str]:
+    rest = ""
+    for chunk in chunks:
+        rest += chunk
+        *complete, rest = rest.split("\n")
+        yield from complete
+    if rest:
+        yield rest
+
+
+def _file_streams(path: str, tokenizer: REMI) -> Iterator[Iterator[int]] | list[list[int]]:
+    """Streams of ids for one input: lazily for plain text, else read whole."""
+    from gramophone.errors import TokenFileError
+    from gramophone.tokenizers import MIDI_SUFFIXES, parse_token_bytes, read_token_file
+
+    if path == "-":
+        data = sys.stdin.buffer.read()
+        return parse_token_bytes(data, "<stdin>", tokenizer)
+    p = Path(path)
+    if p.is_dir() or not p.exists() or p.suffix.lower() in MIDI_SUFFIXES:
+        return read_token_file(p, tokenizer)
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:
+        raise TokenFileError(f"{path}: cannot read ({exc.strerror})") from exc
+    stripped = head.lstrip()
+    if head[:4] == b"MThd" or stripped[:1] in (b"{", b"[") or b"\x00" in head or not stripped:
+        return read_token_file(p, tokenizer)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        if len(head) < 4096:  # not a truncated multi-byte character at the edge
+            return read_token_file(p, tokenizer)
+
+    def chunks() -> Iterator[str]:
+        try:
+            with p.open(encoding="utf-8") as fh:
+                while chunk := fh.read(1 << 20):
+                    yield chunk
+        except UnicodeDecodeError as exc:
+            raise TokenFileError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+
+    return _text_token_streams(chunks(), path, tokenizer.vocab)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gramophone.grammar.checker import check_stream
+
+    try:
+        tokenizer, automaton = _load(args.tokenizer)
+    except GramophoneError as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    status = EXIT_OK
+    for path in args.files:
+        record: dict[str, Any] = {"file": path}
+        try:
+            streams = _file_streams(path, tokenizer)
+            total = 0
+            record["valid"] = True
+            n_streams = 0
+            for s, ids in enumerate(streams):
+                n_streams += 1
+                report = check_stream(automaton, ids)
+                total += report.tokens
+                if report.violation is not None:
+                    record["valid"] = False
+                    if s or isinstance(streams, list) and len(streams) > 1:
+                        record["stream"] = s
+                    record.update(report.violation.to_dict())
+                    break
+            if n_streams == 0:
+                raise GramophoneError(f"{path}: no token stream in the file")
+            record["tokens"] = total
+        except GramophoneError as exc:
+            message = str(exc)
+            record = {"file": path, "error": message}
+            status = EXIT_ERROR
+        if "error" in record:
+            if args.json:
+                print(json.dumps(record), flush=True)
+            else:
+                _err(record["error"])
+            continue
+        if not record["valid"] and status == EXIT_OK:
+            status = EXIT_INVALID
+        if args.json:
+            print(json.dumps(record), flush=True)
+        elif record["valid"]:
+            print(f"{path}: valid ({record['tokens']} tokens)")
+        else:
+            where = f"stream {record['stream']}, " if "stream" in record else ""
+            before = " ".join(record["before"])
+            ctx = f" after '... {before}'" if before else ""
+            print(
+                f"{path}: invalid at {where}token {record['index']} ({record['token']}){ctx}\n"
+                f"  rejected by {record['rejected_by']}: {record['reason']}\n"
+                f"  expected: {record['expected']}"
+            )
+    return status
+
+
+# -- tokenize ---------------------------------------------------------------------------
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from gramophone.tokenizers import encode_midi, load_tokenizer, vocab_list
+
+    try:
+        tokenizer = load_tokenizer(args.tokenizer)
+    except GramophoneError as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _err(f"{out}: cannot create the output folder ({exc.strerror})")
+        return EXIT_ERROR
+    tokenizer.save(out / "tokenizer.json")
+    names = vocab_list(tokenizer)
+    status = EXIT_OK
+    for path in args.midi:
+        try:
+            streams = encode_midi(tokenizer, path)
+        except GramophoneError as exc:
+            _err(str(exc))
+            status = EXIT_ERROR
+            continue
+        stem = Path(path).stem
+        ids: Any = streams[0] if len(streams) == 1 else streams
+        (out / f"{stem}.json").write_text(json.dumps({"ids": ids}) + "\n")
+        text = "\n\n".join(" ".join(names[i] for i in s) for s in streams)
+        (out / f"{stem}.txt").write_text(text + "\n")
+        n = sum(len(s) for s in streams)
+        print(f"{path}: {len(streams)} stream(s), {n} tokens -> {out / stem}.json, .txt")
+    return status
+
+
+# -- parser -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gramophone",
+        description="Grammar-constrained generation of symbolic music (REMI tokens).",
+    )
+    parser.add_argument("--version", action="version", version=f"gramophone {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    tok_help = "tokenizer file written by miditok's tokenizer.save (default: the shipped config)"
+    p = sub.add_parser(
+        "check",
+        help="check token files against the grammar",
+        description=(
+            "Check token streams against the grammar of the tokenizer's REMI config. FILE is a "
+            "miditok JSON token file ({\"ids\": [...]} or a list of id lists), plain text of token "
+            "names separated by white space (blank lines separate streams), a MIDI file "
+            "(tokenized with the config), or - for standard input. For each invalid file the "
+            "first violation is reported: where, what rejected it, and what was expected. "
+            "Exit status: 0 all valid, 1 some invalid, 2 some file could not be read."
+        ),
+    )
+    p.add_argument("--tokenizer", metavar="TOKENIZER.json", help=tok_help)
+    p.add_argument("--json", action="store_true", help="one JSON object per file per line (JSON Lines)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "tokenize",
+        help="tokenize MIDI files into token files",
+        description="Tokenize MIDI files with the REMI config; writes NAME.json (miditok's format), "
+        "NAME.txt (token names) and tokenizer.json into DIR.",
+    )
+    p.add_argument("--tokenizer", metavar="TOKENIZER.json", help=tok_help)
+    p.add_argument("midi", nargs="+", metavar="MIDI")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=cmd_tokenize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except GramophoneError as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
