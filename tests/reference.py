@@ -9,6 +9,7 @@ names, without any table.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from fractions import Fraction
 from functools import lru_cache
@@ -21,7 +22,7 @@ from gramophone.grammar.remi import RemiGrammar
 
 @lru_cache(maxsize=32)
 def lark_parser(text: str) -> Lark:
-    return Lark(text, parser="lalr", lexer="basic")
+    return Lark(text, parser="earley", lexer="basic")
 
 
 def lark_accepts(grammar: RemiGrammar, tokens: Sequence[str]) -> bool:
@@ -138,3 +139,44 @@ def miditok_errors(tokenizer: object, ids: Sequence[int]) -> float:
         return 0.0
     seq = TokSequence(ids=copy.copy(body))
     return float(tokenizer.tokens_errors(seq))  # type: ignore[attr-defined]
+
+
+def pruned_lark(text: str, absent: Sequence[str]) -> Lark:
+    """The same language as ``text`` with every rule that needs an absent terminal removed,
+    rebuilt from lark's own BNF expansion, for ``hypothesis.extra.lark.from_lark``: it can
+    then draw streams without wasting draws on token types the config turns off."""
+    from lark.grammar import NonTerminal, Terminal
+
+    parser = Lark(text, parser="earley", lexer="basic")
+    rules = list(parser.rules)
+    dead_terms = set(absent)
+    dead: set[str] = set()
+    while True:
+        alive_rules = [
+            r
+            for r in rules
+            if not any(
+                (isinstance(s, Terminal) and s.name in dead_terms) or (isinstance(s, NonTerminal) and s.name in dead)
+                for s in r.expansion
+            )
+        ]
+        origins = {r.origin.name for r in alive_rules}
+        newly_dead = {r.origin.name for r in rules} - origins - dead
+        rules = alive_rules
+        if not newly_dead:
+            break
+        dead |= newly_dead
+    names = {name: f"r{i}" for i, name in enumerate(sorted({str(r.origin.name) for r in rules}))}
+    bodies: dict[str, list[str]] = {}
+    for r in rules:
+        body = " ".join(names[s.name] if isinstance(s, NonTerminal) else s.name for s in r.expansion)
+        bodies.setdefault(names[r.origin.name], []).append(body)
+    lines = [f"{origin}: {' | '.join(alts)}" for origin, alts in bodies.items()]
+    used = {s.name for r in rules for s in r.expansion if isinstance(s, Terminal)}
+    for term in parser.terminals:
+        if term.name in used:
+            flags = "".join(sorted(term.pattern.flags))
+            rx = re.sub(r"(?<!\\)/", r"\/", term.pattern.to_regexp())
+            lines.append(f"{term.name}: /{rx}/{flags}")
+    lines.append('%ignore " "')
+    return Lark("\n".join(lines), parser="earley", lexer="basic", start=names["start"])

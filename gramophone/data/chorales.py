@@ -37,9 +37,11 @@ cheap, and a complete cache is served without either.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -65,6 +67,7 @@ __all__ = [
     "chorale_midis",
     "chorale_names",
     "chorale_path",
+    "layout_measures",
     "select_voices",
     "split_names",
 ]
@@ -217,15 +220,98 @@ def _init_worker(scratch: str) -> None:
     environment.Environment()["directoryScratch"] = scratch
 
 
-def _dedupe_meta(events: Iterable[Any], key: Any, shift: int) -> list[Any]:
-    """Copies of meta events, sorted, those after time 0 delayed by *shift* ticks.
+def layout_measures(
+    measures: Sequence[tuple[float, float, float]],
+) -> tuple[list[float], list[tuple[float, int]]]:
+    """Place measures on whole bars; returns (start of each measure, bars).
+
+    *measures* gives, for each measure in playing order (repeats expanded), its length,
+    the length of a bar in its time signature and its left padding (music21's
+    ``paddingLeft``: how much of the bar a pickup measure leaves out), all in quarter
+    notes. A complete measure starts a bar. Incomplete ones fill bars together: a measure
+    with a left padding starts that far into its bar (a pickup); the first measure, and
+    a short one (at most half a bar) followed by a complete one, are upbeats that end
+    with their bar; another incomplete measure continues the bar left open before it if
+    it fits (the two halves of a bar split by a repeat), else it opens a bar of its own.
+    What is left of a bar is a rest; an overfull measure is padded to whole bars. The
+    bars (start, index of the measure whose time signature they take) are listed where a
+    measure opens one.
+
+    >>> layout_measures([(1, 4, 3), (4, 4, 0), (3, 4, 0), (1, 4, 3), (4, 4, 0), (3, 4, 0)])
+    ([3.0, 4.0, 8.0, 11.0, 12.0, 16.0], [(0.0, 0), (4.0, 1), (8.0, 2), (12.0, 4), (16.0, 5)])
+    """
+    eps = 1e-6
+    starts: list[float] = []
+    bars: list[tuple[float, int]] = []
+    bar = 0.0  # start of the open bar (or of the next one)
+    open_len: float | None = None  # length of the bar left open by incomplete measures
+    fill = 0.0  # how much of the open bar is used
+    for i, (length, bar_len, pad) in enumerate(measures):
+        if length >= bar_len - eps:  # complete, or overfull
+            if open_len is not None:
+                bar += open_len
+                open_len = None
+            starts.append(bar)
+            bars.append((bar, i))
+            bar += bar_len * max(1, math.ceil(length / bar_len - eps))
+            continue
+        if open_len is not None:
+            at = pad if pad > eps else fill
+            if abs(open_len - bar_len) < eps and at >= fill - eps and at + length <= bar_len + eps:
+                starts.append(bar + at)
+                fill = at + length
+                if fill >= bar_len - eps:
+                    bar += bar_len
+                    open_len = None
+                continue
+            bar += open_len
+            open_len = None
+        following_complete = i + 1 < len(measures) and (
+            measures[i + 1][0] >= measures[i + 1][1] - eps
+        )
+        if pad > eps:
+            at = min(pad, bar_len - length)
+        elif i == 0 or (following_complete and length <= bar_len / 2 + eps):
+            at = bar_len - length
+        else:
+            at = 0.0
+        starts.append(bar + at)
+        bars.append((bar, i))
+        fill = at + length
+        if fill >= bar_len - eps:
+            bar += bar_len
+        else:
+            open_len = bar_len
+    return starts, bars
+
+
+class _TimeMap:
+    """Moves ticks measure by measure: from where music21 wrote them to the bar layout."""
+
+    def __init__(self, old_starts: Sequence[int], new_starts: Sequence[int]) -> None:
+        self.old = list(old_starts)
+        self.new = list(new_starts)
+
+    def start(self, tick: int) -> int:
+        """The new time of an event at *tick* (in the measure that begins at or before)."""
+        i = max(0, bisect.bisect_right(self.old, tick) - 1)
+        return self.new[i] + tick - self.old[i]
+
+    def end(self, tick: int) -> int:
+        """The new time of a note ending at *tick* (in the measure it ends in)."""
+        i = max(0, bisect.bisect_left(self.old, tick) - 1)
+        return self.new[i] + tick - self.old[i]
+
+
+def _dedupe_meta(events: Iterable[Any], key: Any, tmap: _TimeMap) -> list[Any]:
+    """Copies of meta events, sorted and re-timed (those at time 0 stay there).
 
     One event per time (the first), and none that repeats the one before it (music21
     writes the score's meta events into every track).
     """
     out: list[Any] = []
     for event in sorted(events, key=lambda e: e.time):
-        time = event.time + shift if event.time > 0 else 0
+        time = tmap.start(event.time) if event.time > 0 else 0
         if out and (out[-1].time == time or key(out[-1]) == key(event)):
             continue
         copy = event.copy()
@@ -234,13 +320,13 @@ def _dedupe_meta(events: Iterable[Any], key: Any, shift: int) -> list[Any]:
     return out
 
 
-def _merge_tracks(src: ScoreTick, shift: int) -> ScoreTick:
-    """One piano track holding every note of *src*, delayed by *shift* ticks."""
+def _merge_tracks(src: ScoreTick, tmap: _TimeMap) -> ScoreTick:
+    """One piano track holding every note of *src*; all events re-timed by *tmap*."""
     from symusic.core import NoteTick, ScoreTick, TrackTick  # noqa: PLC0415  (lazy)
 
     raw = sorted(
         {
-            (n.pitch, n.time + shift, n.duration, n.velocity)
+            (n.pitch, tmap.start(n.time), tmap.end(n.time + n.duration), n.velocity)
             for track in src.tracks
             if not track.is_drum
             for n in track.notes
@@ -250,8 +336,8 @@ def _merge_tracks(src: ScoreTick, shift: int) -> ScoreTick:
     )
     merged: list[list[int]] = []  # [time, duration, pitch, velocity]
     group_end = 0  # end of the sound of the current pitch so far
-    for pitch, time, duration, velocity in raw:
-        end = time + duration
+    for pitch, time, end_time, velocity in raw:
+        end = end_time
         prev = merged[-1] if merged else None
         if prev is not None and prev[2] == pitch:
             if time == prev[0]:  # same pitch, same onset: the longest one is kept already
@@ -270,19 +356,38 @@ def _merge_tracks(src: ScoreTick, shift: int) -> ScoreTick:
     for time, duration, pitch, velocity in merged:
         track.notes.append(NoteTick(time, duration, pitch, velocity))
     out.tracks.append(track)
-    for ts in _dedupe_meta(src.time_signatures, lambda e: (e.numerator, e.denominator), shift):
+    for ts in _dedupe_meta(src.time_signatures, lambda e: (e.numerator, e.denominator), tmap):
         out.time_signatures.append(ts)
-    for tempo in _dedupe_meta(src.tempos, lambda e: e.mspq, shift):
+    for tempo in _dedupe_meta(src.tempos, lambda e: e.mspq, tmap):
         out.tempos.append(tempo)
-    for ks in _dedupe_meta(src.key_signatures, lambda e: (e.key, e.tonality), shift):
+    for ks in _dedupe_meta(src.key_signatures, lambda e: (e.key, e.tonality), tmap):
         out.key_signatures.append(ks)
     return out
 
 
+def _expand_repeats(score: Any) -> Any:
+    """The score with its repeats written out; malformed repeats are ignored instead."""
+    from music21 import bar, repeat, spanner, stream  # noqa: PLC0415  (lazy)
+
+    try:
+        return score.expandRepeats()
+    except Exception:  # music21's ExpanderException: e.g. a start repeat after an end repeat
+        for measure in score.recurse().getElementsByClass(stream.Measure):
+            if isinstance(measure.leftBarline, bar.Repeat):
+                measure.leftBarline = None
+            if isinstance(measure.rightBarline, bar.Repeat):
+                measure.rightBarline = bar.Barline("regular")
+        for mark in list(score.recurse().getElementsByClass(repeat.RepeatExpression)):
+            mark.activeSite.remove(mark)
+        for bracket in list(score.spannerBundle.getByClass(spanner.RepeatBracket)):
+            score.remove(bracket, recurse=True)
+        return score
+
+
 def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
     """Parse chorale *name* with music21 and make the single-track symusic score."""
-    from music21 import corpus, stream  # noqa: PLC0415  (lazy: see the module notes)
-    from symusic.core import ScoreTick  # noqa: PLC0415  (lazy: see the module notes)
+    from music21 import corpus, meter, stream  # noqa: PLC0415  (lazy: see the module notes)
+    from symusic.core import ScoreTick, TimeSignatureTick  # noqa: PLC0415  (lazy)
 
     score = corpus.parse(name)
     if not isinstance(score, stream.Score):
@@ -292,12 +397,29 @@ def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
     for i, part in enumerate(parts):
         if i not in keep:
             score.remove(part)
-    # A pickup measure: music21 starts it at time 0; pad it to a whole bar.
-    pickup = 0.0
-    for i in keep:
-        first = parts[i].getElementsByClass(stream.Measure).first()
-        if first is not None:
-            pickup = max(pickup, float(first.paddingLeft))
+    score = _expand_repeats(score)
+
+    # The measures of the first voice, in playing order, and their time signatures.
+    measures = list(score.parts.first().getElementsByClass(stream.Measure))
+    if not measures:
+        raise ValueError("no measures")
+    ts = measures[0].timeSignature or measures[0].getContextByClass(meter.TimeSignature)
+    if ts is None:
+        ts = meter.TimeSignature("4/4")
+    rows: list[tuple[float, float, float]] = []
+    signatures: list[tuple[int, int]] = []
+    for m in measures:
+        if m.timeSignature is not None:
+            ts = m.timeSignature
+        rows.append(
+            (
+                float(m.duration.quarterLength),
+                float(ts.barDuration.quarterLength),
+                float(m.paddingLeft),
+            )
+        )
+        signatures.append((int(ts.numerator), int(ts.denominator)))
+    new_starts, bars = layout_measures(rows)
 
     fd, tmp = tempfile.mkstemp(prefix="gramophone-", suffix=".mid", dir=scratch)
     os.close(fd)
@@ -306,11 +428,26 @@ def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
         src = ScoreTick.from_file(tmp)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    out = _merge_tracks(src, shift=round(pickup * src.ticks_per_quarter))
+    tpq = src.ticks_per_quarter
+    written_end = max((n.time + n.duration for t in src.tracks for n in t.notes), default=0)
+    if written_end > round((float(measures[-1].offset) + rows[-1][0]) * tpq) + tpq:
+        raise ValueError("music21's MIDI is longer than its measures")
+    tmap = _TimeMap(
+        [round(float(m.offset) * tpq) for m in measures], [round(t * tpq) for t in new_starts]
+    )
+    out = _merge_tracks(src, tmap)
+    out.time_signatures.clear()
+    for start, i in bars:
+        numerator, denominator = signatures[i]
+        if not out.time_signatures or (
+            out.time_signatures[-1].numerator,
+            out.time_signatures[-1].denominator,
+        ) != (numerator, denominator):
+            out.time_signatures.append(
+                TimeSignatureTick(round(start * tpq), numerator, denominator)
+            )
     if out.note_num() == 0:
         raise ValueError("no notes")
-    if len(out.time_signatures) == 0 or out.time_signatures[0].time != 0:
-        raise ValueError("no time signature at the start")
     return out
 
 

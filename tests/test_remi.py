@@ -1,0 +1,218 @@
+"""The REMI grammar against its oracles: lark, plain-Python references, miditok."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.lark import from_lark
+from lark import Lark
+
+from gramophone import UnsupportedConfigError
+from gramophone.grammar import REJECT, compile_remi, derive, fsa
+from tests.conftest import ALL_CONFIGS, automaton_for, grammar_for, tokenizer_for
+from tests.reference import lark_accepts, miditok_errors, pruned_lark, reference_accepts
+from tests.walks import random_walk
+
+# Configs whose dense product is small enough to explore exhaustively in the suite.
+EXHAUSTIVE = ["shipped", "default", "no-time-signatures", "tempos", "chords", "no-velocities", "pedals"]
+
+
+# -- config support ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("use_key_signatures", True),
+        ("use_control_changes", True),
+        ("use_pitch_intervals", True),
+        ("sustain_pedal_duration", True),
+        ("program_changes", True),
+    ],
+)
+def test_unsupported_option_is_a_clear_error(option: str, value: object) -> None:
+    from miditok import REMI, TokenizerConfig
+
+    kwargs = {option: value}
+    if option in ("program_changes",):
+        kwargs["use_programs"] = True
+    if option == "sustain_pedal_duration":
+        kwargs["use_sustain_pedals"] = True
+    with pytest.raises(UnsupportedConfigError, match=option):
+        derive(REMI(TokenizerConfig(**kwargs)))
+
+
+def test_bar_end_tokens_and_other_tokenizers_are_refused() -> None:
+    from miditok import REMI, TSD, TokenizerConfig
+
+    with pytest.raises(UnsupportedConfigError, match="use_bar_end_tokens"):
+        derive(REMI(TokenizerConfig(use_bar_end_tokens=True)))
+    with pytest.raises(UnsupportedConfigError, match="REMI"):
+        derive(TSD(TokenizerConfig()))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_compiles_and_caches(name: str) -> None:
+    auto = automaton_for(name)
+    again = compile_remi(tokenizer_for(name))
+    assert again.hash == auto.hash
+    assert auto.components[0].name == "syntax"
+
+
+# -- property 1: lark's language ---------------------------------------------------------
+def _explicit(name: str, parser: Lark) -> dict[str, st.SearchStrategy[str]]:
+    """Every terminal draws real vocabulary tokens (with a separating space)."""
+    import re
+
+    vocab = automaton_for(name).vocab
+    out: dict[str, st.SearchStrategy[str]] = {}
+    for term in parser.terminals:
+        if term.name in parser.ignore_tokens:
+            continue
+        rx = re.compile(term.pattern.to_regexp())
+        toks = [t for t in vocab if rx.fullmatch(t)]
+        assert toks, term.name
+        out[term.name] = st.sampled_from(toks).map(lambda t: t + " ")
+    return out
+
+
+@pytest.mark.parametrize("name", ["shipped", "rests", "combo-rests-programs", "combo-controls", "combo-bare"])
+@settings(max_examples=30)
+@given(data=st.data())
+def test_lark_generated_streams_pass_the_syntax_automaton(name: str, data: st.DataObject) -> None:
+    grammar = grammar_for(name)
+    parser = pruned_lark(grammar.text, grammar.absent_terminals)
+    text = data.draw(from_lark(parser, explicit=_explicit(name, parser)))
+    auto = automaton_for(name)
+    ids = [auto.token_index[t] for t in text.split()]
+    syntax = auto.components[0]
+    s = syntax.start
+    for t in ids:
+        s = syntax.transitions[s, t]
+        assert s != REJECT, text
+    assert syntax.accepting[s], text
+
+
+def _mutate(draw: st.DrawFn, ids: list[int], vocab_size: int) -> list[int]:
+    ids = list(ids)
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["replace", "insert", "delete", "swap"]))
+        i = draw(st.integers(0, max(0, len(ids) - 1)))
+        tok = draw(st.integers(0, vocab_size - 1))
+        if op == "replace" and ids:
+            ids[i] = tok
+        elif op == "insert":
+            ids.insert(i, tok)
+        elif op == "delete" and ids:
+            del ids[i]
+        elif op == "swap" and len(ids) > 1:
+            j = min(i + 1, len(ids) - 1)
+            ids[i], ids[j] = ids[j], ids[i]
+    return ids
+
+
+@st.composite
+def walk_or_mutation(draw: st.DrawFn, name: str) -> list[int]:
+    auto = automaton_for(name)
+    seed = draw(st.integers(0, 2**32 - 1))
+    length = draw(st.integers(0, 60))
+    ids = random_walk(auto, np.random.default_rng(seed), length, eos=draw(st.booleans()))
+    if draw(st.booleans()):
+        ids = _mutate(draw, ids, len(auto.vocab))
+    return ids
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+@settings(max_examples=60)
+@given(data=st.data())
+def test_automaton_accepts_iff_lark_and_references_accept(name: str, data: st.DataObject) -> None:
+    ids = data.draw(walk_or_mutation(name))
+    auto = automaton_for(name)
+    tokens = [auto.vocab[i] for i in ids]
+    assert auto.accepts(ids) == reference_accepts(grammar_for(name), tokens), tokens
+
+
+def test_reference_oracles_reject_what_they_should() -> None:
+    """The oracles themselves can fail (so agreement with them means something)."""
+    g = grammar_for("rests")
+    ok = "Bar_None TimeSig_4/4 Position_4 Pitch_60 Velocity_63 Duration_1.0.8".split()
+    assert lark_accepts(g, ok) and reference_accepts(g, ok)
+    back = [*ok, "Position_2", "Pitch_62", "Velocity_63", "Duration_1.0.8"]
+    assert lark_accepts(g, back) and not reference_accepts(g, back)
+    # A rest from the end of the note (position 4 + 8) by 1 beat ends at 20: Position_16 is early.
+    rest = [*ok, "Rest_1.0.4", "Position_16", "Pitch_62", "Velocity_63", "Duration_1.0.8"]
+    assert lark_accepts(g, rest) and not reference_accepts(g, rest)
+    rest_ok = [*ok, "Rest_1.0.4", "Position_20", "Pitch_62", "Velocity_63", "Duration_1.0.8"]
+    assert reference_accepts(g, rest_ok) and automaton_for("rests").accepts(
+        [automaton_for("rests").token_index[t] for t in rest_ok]
+    )
+    assert not lark_accepts(g, ok[:-1])
+
+
+def test_rests_cross_bar_lines_without_bar_tokens() -> None:
+    auto = automaton_for("rests")
+    ix = auto.token_index
+    # Note at 28 lasting 2 beats ends at 44 = next bar, position 12; a 1-beat rest -> 20.
+    stream = "Bar_None TimeSig_4/4 Position_28 Pitch_60 Velocity_63 Duration_2.0.8 Rest_1.0.4".split()
+    assert auto.accepts([ix[t] for t in [*stream, "Position_20", "Pitch_60", "Velocity_63", "Duration_1.0.8"]])
+    assert not auto.accepts([ix[t] for t in [*stream, "Position_19", "Pitch_60", "Velocity_63", "Duration_1.0.8"]])
+    # Landing exactly on a bar line allows a time signature there.
+    land = "Bar_None TimeSig_4/4 Position_0 Pitch_60 Velocity_63 Duration_2.0.8 Rest_2.0.2 TimeSig_3/4".split()
+    assert auto.accepts([ix[t] for t in [*land, "Position_0", "Pitch_60", "Velocity_63", "Duration_1.0.8"]])
+    # ... and the new bar is 24 positions long.
+    assert not auto.accepts([ix[t] for t in [*land, "Position_24", "Pitch_60", "Velocity_63", "Duration_1.0.8"]])
+
+
+# -- property 3: no dead ends --------------------------------------------------------------
+@pytest.mark.parametrize("name", EXHAUSTIVE)
+def test_no_dead_ends_in_the_reachable_product(name: str) -> None:
+    auto = automaton_for(name)
+    T, acc, s0, _ = fsa.product(
+        [c.transitions for c in auto.components],
+        [c.accepting for c in auto.components],
+        [c.start for c in auto.components],
+    )
+    has_move = (T != REJECT).any(axis=1)
+    assert (acc | has_move).all()
+    assert fsa.coreachable(T, acc).all(), "some reachable state cannot reach acceptance"
+
+
+@pytest.mark.parametrize("name", sorted(set(ALL_CONFIGS) - set(EXHAUSTIVE)))
+@settings(max_examples=20)
+@given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 400))
+def test_no_dead_ends_along_long_walks(name: str, seed: int, length: int) -> None:
+    """Products too large to tabulate: long random walks never get stuck (the walk
+    asserts a non-empty allowed set at every step and ends accepted)."""
+    auto = automaton_for(name)
+    ids = random_walk(auto, np.random.default_rng(seed), length)
+    assert auto.accepts(ids)
+
+
+# -- property 5: miditok's own verdict on random walks ---------------------------------------
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+@settings(max_examples=25)
+@given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 200))
+def test_random_walks_have_no_miditok_errors_and_decode(name: str, seed: int, length: int) -> None:
+    from gramophone.tokenizers import decode_ids
+
+    auto = automaton_for(name)
+    tok = tokenizer_for(name)
+    ids = random_walk(auto, np.random.default_rng(seed), length)
+    assert miditok_errors(tok, ids) == 0.0, [auto.vocab[i] for i in ids]
+    specials = {tok.vocab[t] for t in tok.special_tokens}
+    body = [i for i in ids if i not in specials]
+    score = decode_ids(tok, body)
+    assert score.dumps_midi()[:4] == b"MThd"
+
+
+def test_special_tokens() -> None:
+    auto = automaton_for("shipped")
+    ix = auto.token_index
+    body = [ix[t] for t in "Bar_None TimeSig_4/4 Position_0 Pitch_60 Velocity_63 Duration_1.0.4".split()]
+    bos, eos, pad = ix["BOS_None"], ix["EOS_None"], ix["PAD_None"]
+    assert auto.accepts([bos, *body, eos, pad, pad])
+    assert auto.accepts(body) and auto.accepts([bos, *body])
+    assert not auto.accepts([*body, bos])  # BOS only first
+    assert not auto.accepts([bos, *body[:-1], eos])  # EOS only when accepting
+    assert not auto.accepts([bos, *body, pad])  # PAD only after EOS
+    assert not auto.accepts([bos, *body, eos, *body])
