@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -19,10 +20,10 @@ from gramophone.backends import (
     get_backend,
     get_preset,
     learning_rate,
+    losses_ref,
     register_backend,
 )
 from gramophone.backends import checkpoint as ckpt
-from gramophone.backends import losses_ref
 from gramophone.backends.base import init_weights
 from gramophone.errors import BackendUnavailableError, CheckpointError, GramophoneError
 
@@ -72,7 +73,7 @@ def test_import_does_not_load_frameworks() -> None:
 def test_registry() -> None:
     assert set(BACKENDS) <= set(available_backends())
     assert get_backend("torch") is get_backend("torch")
-    with pytest.raises(BackendUnavailableError, match="unknown backend 'mxnet'.*jax, torch"):
+    with pytest.raises(BackendUnavailableError, match=r"unknown backend 'mxnet'.*jax, torch"):
         get_backend("mxnet")
     register_backend("fake", "gramophone_fake_module", "Fake",
                      requires=("gramophone_fake_framework",))
@@ -112,14 +113,16 @@ def test_configs_round_trip_and_validate() -> None:
 
 
 def test_learning_rate_schedule() -> None:
-    from gramophone.backends.jax_backend.backend import learning_rate as jax_lr
+    from gramophone.backends.jax_backend.backend import (  # noqa: PLC0415 (imports jax)
+        learning_rate as jax_lr,
+    )
 
     train = TrainConfig(lr=1.0, warmup_steps=4, total_steps=12, min_lr_ratio=0.1)
     lrs = [learning_rate(s, train) for s in range(14)]
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
     assert lrs[4] == 1.0
     assert lrs[12] == lrs[13] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[3:]))
     np.testing.assert_allclose([float(jax_lr(s, train)) for s in range(14)], lrs, rtol=1e-6)
 
 
@@ -127,10 +130,11 @@ def test_learning_rate_schedule() -> None:
 
 
 def test_init_names_shapes_and_flax_tree(backends: dict[str, Backend]) -> None:
-    import jax
-    import jax.numpy as jnp
+    # imported here so that collecting this file does not import jax
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
 
-    from gramophone.backends.jax_backend.model import GPT as FlaxGPT
+    from gramophone.backends.jax_backend import model as flax_model  # noqa: PLC0415
 
     shapes = ckpt.expected_shapes(CFG)
     for be in backends.values():
@@ -139,7 +143,7 @@ def test_init_names_shapes_and_flax_tree(backends: dict[str, Backend]) -> None:
         assert {k: v.shape for k, v in weights.items()} == shapes
         assert all(v.dtype == np.float32 for v in weights.values())
     # the tree built from checkpoint names is exactly the one Flax's own init would make
-    abstract = jax.eval_shape(lambda k: FlaxGPT(CFG).init(k, jnp.zeros((1, 1), jnp.int32)),
+    abstract = jax.eval_shape(lambda k: flax_model.GPT(CFG).init(k, jnp.zeros((1, 1), jnp.int32)),
                               jax.random.key(0))["params"]
     ours = backends["jax"].init(CFG, seed=0).tree
     assert jax.tree.structure(abstract) == jax.tree.structure(ours)

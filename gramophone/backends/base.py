@@ -178,7 +178,7 @@ class Backend(ABC):
         """The training configuration of a state."""
 
     @abstractmethod
-    def _optimizer_writers(self, state: State) -> dict[str, Callable[[Path], None]]:
+    def _optimizer_writers(self, state: State) -> dict[str, Callable[[Path], object]]:
         """File name -> writer of this backend's optimizer state (see ``optimizer_files``)."""
 
     @abstractmethod

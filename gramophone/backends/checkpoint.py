@@ -92,7 +92,7 @@ class CheckpointInfo:
 # ----------------------------------------------------------------------------- writing
 
 
-def atomic_write(path: Path, writer: Callable[[Path], None]) -> dict[str, Any]:
+def atomic_write(path: Path, writer: Callable[[Path], object]) -> dict[str, Any]:
     """Call ``writer(tmp)`` on a temporary path next to ``path``, fsync, ``os.replace`` it
     into place. Returns ``{"bytes", "sha256"}`` of the written file."""
     path = Path(path)
@@ -129,7 +129,7 @@ def save_checkpoint(
     step: int = 0,
     meta: Mapping[str, Any] | None = None,
     backend: str | None = None,
-    extra_files: Mapping[str, Callable[[Path], None]] | None = None,
+    extra_files: Mapping[str, Callable[[Path], object]] | None = None,
 ) -> Path:
     """Write a checkpoint directory (created if needed) and return its path.
 
@@ -137,7 +137,7 @@ def save_checkpoint(
     :func:`expected_shapes` (checked before anything is written).
     ``extra_files``: file name -> ``writer(tmp_path)``, e.g. optimizer state.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save_file  # noqa: PLC0415 (optional dependency)
 
     directory = Path(path)
     check_weights(weights, model, f"{directory / WEIGHTS_FILE} (writing)")
@@ -226,8 +226,8 @@ def file_path(info: CheckpointInfo, name: str, *, verify: bool = True) -> Path |
 
 def read_weights(info: CheckpointInfo, *, verify: bool = True) -> dict[str, np.ndarray]:
     """Load ``model.safetensors`` and check it against ``info.model``; name -> float32 array."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from safetensors import SafetensorError  # noqa: PLC0415 (optional dependency)
+    from safetensors.numpy import load_file  # noqa: PLC0415
 
     p = info.path / WEIGHTS_FILE
     if not p.is_file():

@@ -183,7 +183,8 @@ def learning_rate(step: int, train: TrainConfig) -> float:
     """
     if step < train.warmup_steps:
         return train.lr * (step + 1) / train.warmup_steps
-    progress = min(1.0, (step - train.warmup_steps) / max(1, train.total_steps - train.warmup_steps))
+    decay_steps = max(1, train.total_steps - train.warmup_steps)
+    progress = min(1.0, (step - train.warmup_steps) / decay_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     return train.lr * (train.min_lr_ratio + (1.0 - train.min_lr_ratio) * cosine)
 

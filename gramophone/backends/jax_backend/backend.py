@@ -14,17 +14,20 @@ the same schedule as the torch backend. Weight decay applies to matrices and emb
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from gramophone.backends import checkpoint as ckpt
 from gramophone.backends.base import Backend, Batch
@@ -85,15 +88,16 @@ class JaxTrainState:
 @jax.jit
 def forward(params: JaxParams, ids: Array) -> Array:
     """int32[B, T] -> float32[B, T, V], no dropout."""
-    return GPT(params.config).apply({"params": params.tree}, ids)
+    return cast(Array, GPT(params.config).apply({"params": params.tree}, ids))
 
 
 @functools.partial(jax.jit, static_argnames=("cache_len",))
 def prefill(params: JaxParams, ids: Array, lengths: Array,
             cache_len: int) -> tuple[Array, JaxKVCache]:
     """Prompt ``ids`` int32[B, T], ``lengths`` int32[B] -> (float32[B, V], cache)."""
-    logits, (k, v) = GPT(params.config).apply(
+    out = GPT(params.config).apply(
         {"params": params.tree}, ids, lengths, cache_len, method=GPT.prefill)
+    logits, (k, v) = cast(tuple[Array, tuple[Array, Array]], out)
     return logits, JaxKVCache(k, v)
 
 
@@ -102,8 +106,9 @@ def decode_step(params: JaxParams, token: Array, cache: JaxKVCache,
                 positions: Array) -> tuple[Array, JaxKVCache]:
     """``token`` int32[B] at ``positions`` int32[B] -> (float32[B, V], new cache).
     The cache passed in is donated: use the returned one."""
-    logits, (k, v) = GPT(params.config).apply(
+    out = GPT(params.config).apply(
         {"params": params.tree}, token, (cache.k, cache.v), positions, method=GPT.decode)
+    logits, (k, v) = cast(tuple[Array, tuple[Array, Array]], out)
     return logits, JaxKVCache(k, v)
 
 
@@ -166,7 +171,7 @@ def learning_rate(step: Array, train: TrainConfig) -> Array:
     return jnp.where(s < train.warmup_steps, warm, decayed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
     """Clipping + Adam + decoupled weight decay; the ``-lr`` scaling is done by train_step."""
     return optax.chain(
@@ -186,8 +191,9 @@ def train_step(state: JaxTrainState,
     dropout_rng = jax.random.fold_in(jax.random.key(train.seed), state.step)
 
     def loss_fn(tree: Any) -> tuple[Array, dict[str, Array]]:
-        logits = GPT(config).apply({"params": tree}, batch["inputs"], deterministic=False,
-                                   rngs={"dropout": dropout_rng})
+        logits = cast(Array, GPT(config).apply({"params": tree}, batch["inputs"],
+                                               deterministic=False,
+                                               rngs={"dropout": dropout_rng}))
         losses = compute_losses(logits, batch, train)
         return losses["loss"], losses
 
@@ -196,8 +202,9 @@ def train_step(state: JaxTrainState,
     updates, opt_state = tx.update(grads, state.opt_state, state.params.tree)
     lr = learning_rate(state.step, train)
     tree = jax.tree.map(lambda p, u: p - lr * u, state.params.tree, updates)
-    new_state = state.replace(step=state.step + 1, params=state.params.replace(tree=tree),
-                              opt_state=opt_state)
+    new_state = dataclasses.replace(
+        state, step=state.step + 1, params=dataclasses.replace(state.params, tree=tree),
+        opt_state=opt_state)
     return new_state, {**losses, "grad_norm": optax.tree.norm(grads), "lr": lr}
 
 
@@ -269,7 +276,7 @@ class JaxBackend(Backend):
     def init_state(self, params: JaxParams, train: TrainConfig, step: int = 0) -> JaxTrainState:
         # copy: train_step donates the state, the caller keeps its params
         tree = jax.tree.map(jnp.array, params.tree)
-        return JaxTrainState(jnp.asarray(step, jnp.int32), params.replace(tree=tree),
+        return JaxTrainState(jnp.asarray(step, jnp.int32), dataclasses.replace(params, tree=tree),
                              make_optimizer(train).init(tree), train)
 
     def train_step(self, state: JaxTrainState,
@@ -286,9 +293,7 @@ class JaxBackend(Backend):
     def state_train(self, state: JaxTrainState) -> TrainConfig:
         return state.train
 
-    def _optimizer_writers(self, state: JaxTrainState) -> dict[str, Callable[[Path], None]]:
-        from safetensors.numpy import save_file
-
+    def _optimizer_writers(self, state: JaxTrainState) -> dict[str, Callable[[Path], object]]:
         leaves = jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
         arrays = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
         metadata = {"step": str(int(state.step))}
@@ -296,8 +301,6 @@ class JaxBackend(Backend):
 
     def _restore_optimizer(self, state: JaxTrainState,
                            info: ckpt.CheckpointInfo) -> JaxTrainState:
-        from safetensors import SafetensorError, safe_open
-
         path = ckpt.file_path(info, OPTIMIZER_FILE)
         assert path is not None
         try:
@@ -319,4 +322,5 @@ class JaxBackend(Backend):
                 raise CheckpointError(f"{path}: optimizer entry {key} is {found}, expected "
                                       f"{leaf.dtype}{list(leaf.shape)}")
             leaves.append(jnp.asarray(arr))
-        return state.replace(opt_state=jax.tree_util.tree_unflatten(treedef, leaves))
+        return dataclasses.replace(
+            state, opt_state=jax.tree_util.tree_unflatten(treedef, leaves))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (the usual torch spelling)
 from torch import Tensor
 
 from gramophone.backends import checkpoint as ckpt
@@ -212,7 +212,7 @@ class TorchBackend(Backend):
     def state_train(self, state: TorchTrainState) -> TrainConfig:
         return state.train
 
-    def _optimizer_writers(self, state: TorchTrainState) -> dict[str, Callable[[Path], None]]:
+    def _optimizer_writers(self, state: TorchTrainState) -> dict[str, Callable[[Path], object]]:
         # the schedule is a function of the step: rebuilt on load, not stored
         payload = {"optimizer": state.optimizer.state_dict(), "step": state.step}
         return {OPTIMIZER_FILE: lambda tmp: torch.save(payload, tmp)}

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (the usual torch spelling)
 from torch import Tensor, nn
 
 from gramophone.backends.base import LN_EPS, sinusoidal_positions
@@ -128,7 +128,7 @@ class GPT(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """``ids`` (B, T) -> logits (B, T, V)."""
-        B, T = ids.shape
+        T = ids.shape[1]
         x = self.embed(ids, torch.arange(T, device=ids.device))  # (B, T, C)
         for block in self.blocks:
             x, _ = block(x)

@@ -1,0 +1,83 @@
+"""Real data: all 371 Bach chorales of music21's corpus, under every supported config."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import ALL_CONFIGS, automaton_for, tokenizer_for
+from tests.reference import miditok_errors
+
+pytestmark = pytest.mark.slow
+
+
+@lru_cache(maxsize=None)
+def corpus_streams(name: str) -> tuple[tuple[int, ...], ...]:
+    from symusic import Score
+
+    from gramophone.data import chorale_midis
+    from gramophone.tokenizers import encode_score
+
+    tok = tokenizer_for(name)
+    out = []
+    for path in chorale_midis(progress=False):
+        for ids in encode_score(tok, Score(str(path))):
+            out.append(tuple(ids))
+    return tuple(out)
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_every_chorale_is_accepted(name: str, chorale_midis: list) -> None:  # type: ignore[type-arg]
+    from gramophone.grammar import check_ids
+
+    auto = automaton_for(name)
+    streams = corpus_streams(name)
+    assert len(streams) >= 360
+    rejected = []
+    for ids in streams:
+        violation = check_ids(auto, ids)
+        if violation is not None:
+            rejected.append(str(violation))
+    assert not rejected, f"{len(rejected)} false rejections, first: {rejected[0]}"
+
+
+@pytest.mark.parametrize("name", ["shipped", "dedup", "combo-rests-programs", "combo-bare"])
+@settings(max_examples=60)
+@given(data=st.data())
+def test_corruptions_miditok_flags_are_rejected(name: str, data: st.DataObject) -> None:
+    auto = automaton_for(name)
+    streams = corpus_streams(name)
+    ids = list(data.draw(st.sampled_from(streams)))
+    vocab_size = len(auto.vocab)
+    specials = {i for i, t in enumerate(auto.vocab) if t.split("_")[0] in ("PAD", "BOS", "EOS", "MASK")}
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(ids) - 1))
+        op = data.draw(st.sampled_from(["replace", "insert", "delete", "duplicate"]))
+        tok = data.draw(st.integers(0, vocab_size - 1).filter(lambda t: t not in specials))
+        if op == "replace":
+            ids[i] = tok
+        elif op == "insert":
+            ids.insert(i, tok)
+        elif op == "delete" and len(ids) > 1:
+            del ids[i]
+        else:  # duplicate a note (Pitch Velocity Duration) in place, a classic model error
+            j = next((k for k in range(i, len(ids)) if auto.vocab[ids[k]].startswith("Pitch_")), None)
+            if j is not None and j + 3 <= len(ids):
+                ids[j + 3 : j + 3] = ids[j : j + 3]
+    if miditok_errors(tokenizer_for(name), ids) > 0:
+        assert not auto.accepts(ids)
+
+
+def test_corruption_test_can_fail() -> None:
+    """A duplicated note is flagged by miditok (dedup config) and rejected by us."""
+    auto = automaton_for("dedup")
+    ix = auto.token_index
+    ids = [ix[t] for t in "Bar_None TimeSig_4/4 Position_0 Pitch_60 Velocity_63 Duration_1.0.8".split()]
+    dup = ids + ids[3:6]
+    assert miditok_errors(tokenizer_for("dedup"), dup) > 0
+    assert not auto.accepts(dup)
+    assert np.isfinite(miditok_errors(tokenizer_for("dedup"), ids)) and miditok_errors(tokenizer_for("dedup"), ids) == 0
