@@ -365,12 +365,18 @@ def _merge_tracks(src: ScoreTick, tmap: _TimeMap) -> ScoreTick:
     return out
 
 
-def _expand_repeats(score: Any) -> Any:
-    """The score with its repeats written out; malformed repeats are ignored instead."""
+def _expanded_measures(score: Any) -> list[Any]:
+    """The measures of the score's first part in playing order (repeats written out).
+
+    music21's MIDI writer expands the repeats of every part the same way, so these are
+    the measures of the MIDI file. Where the repeats are malformed (music21 cannot
+    expand them), they are removed from the whole score and each measure plays once.
+    """
     from music21 import bar, repeat, spanner, stream  # noqa: PLC0415  (lazy)
 
+    first = score.parts.first()
     try:
-        return score.expandRepeats()
+        expanded = first.expandRepeats()
     except Exception:  # music21's ExpanderException: e.g. a start repeat after an end repeat
         for measure in score.recurse().getElementsByClass(stream.Measure):
             if isinstance(measure.leftBarline, bar.Repeat):
@@ -381,7 +387,8 @@ def _expand_repeats(score: Any) -> Any:
             mark.activeSite.remove(mark)
         for bracket in list(score.spannerBundle.getByClass(spanner.RepeatBracket)):
             score.remove(bracket, recurse=True)
-        return score
+        expanded = first
+    return list(expanded.getElementsByClass(stream.Measure))
 
 
 def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
@@ -397,10 +404,9 @@ def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
     for i, part in enumerate(parts):
         if i not in keep:
             score.remove(part)
-    score = _expand_repeats(score)
 
     # The measures of the first voice, in playing order, and their time signatures.
-    measures = list(score.parts.first().getElementsByClass(stream.Measure))
+    measures = _expanded_measures(score)
     if not measures:
         raise ValueError("no measures")
     ts = measures[0].timeSignature or measures[0].getContextByClass(meter.TimeSignature)
@@ -429,23 +435,24 @@ def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
     finally:
         Path(tmp).unlink(missing_ok=True)
     tpq = src.ticks_per_quarter
+    # The writer expands the repeats itself: check that it played the measures listed here.
     written_end = max((n.time + n.duration for t in src.tracks for n in t.notes), default=0)
-    if written_end > round((float(measures[-1].offset) + rows[-1][0]) * tpq) + tpq:
-        raise ValueError("music21's MIDI is longer than its measures")
+    measures_end = (float(measures[-1].offset) + rows[-1][0]) * tpq
+    if abs(written_end - measures_end) > rows[-1][1] * tpq:
+        raise ValueError(
+            f"music21's MIDI ends at {written_end / tpq} quarter notes, "
+            f"its measures at {measures_end / tpq}"
+        )
     tmap = _TimeMap(
         [round(float(m.offset) * tpq) for m in measures], [round(t * tpq) for t in new_starts]
     )
     out = _merge_tracks(src, tmap)
-    out.time_signatures.clear()
+    out.time_signatures.clear()  # written again where the bars of the layout change meter
+    last: tuple[int, int] | None = None
     for start, i in bars:
-        numerator, denominator = signatures[i]
-        if not out.time_signatures or (
-            out.time_signatures[-1].numerator,
-            out.time_signatures[-1].denominator,
-        ) != (numerator, denominator):
-            out.time_signatures.append(
-                TimeSignatureTick(round(start * tpq), numerator, denominator)
-            )
+        if signatures[i] != last:
+            last = signatures[i]
+            out.time_signatures.append(TimeSignatureTick(round(start * tpq), *last))
     if out.note_num() == 0:
         raise ValueError("no notes")
     return out

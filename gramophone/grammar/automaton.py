@@ -19,6 +19,7 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -122,6 +123,15 @@ class Automaton:
         """``int32[K]``: the start state of each component."""
         return _freeze(np.array([c.start for c in self.components], dtype=np.int32))
 
+    @cached_property
+    def flat_tables(self) -> list[Any]:
+        """Each component's table flattened (index ``state * V + token``): plain Python lists
+        for small tables (fast scalar lookups in the checker), numpy arrays for large ones."""
+        return [
+            c.transitions.ravel().tolist() if c.transitions.size <= 4_000_000 else c.transitions.ravel()
+            for c in self.components
+        ]
+
     def component(self, name: str) -> Component:
         for c in self.components:
             if c.name == name:
@@ -155,7 +165,7 @@ class Automaton:
         ``index`` is the position of the first rejected token, ``len(ids)`` when the
         stream ends in a non-accepting state (component ``None``), or -1 when accepted.
         """
-        flats = [c.transitions.ravel() for c in self.components]
+        flats = self.flat_tables
         V = len(self.vocab)
         states = [int(c.start) for c in self.components]
         n = 0

@@ -148,10 +148,10 @@ def check_stream(automaton: Automaton, ids: Iterable[int]) -> StreamReport:
     """Check a stream given as any iterable of ids (read lazily: large inputs are streamed)."""
     vocab = automaton.vocab
     V = len(vocab)
-    flats = [c.transitions.ravel() for c in automaton.components]
+    flats = automaton.flat_tables
     states = [int(c.start) for c in automaton.components]
     recent: deque[int] = deque(maxlen=CONTEXT)
-    time_tokens = np.array([_kind(t) in _TIME_KINDS for t in vocab])
+    time_tokens = [_kind(t) in _TIME_KINDS for t in vocab]
     last_time = -1
     n = 0
     for tok in ids:

@@ -188,7 +188,7 @@ def train_step(state: JaxTrainState,
     """One AdamW update; pure, jitted once per (model, train) configuration.
     The state passed in is donated: use the returned one."""
     train, config = state.train, state.params.config
-    dropout_rng = jax.random.fold_in(jax.random.key(train.seed), state.step)
+    dropout_rng = jax.random.fold_in(jax.random.key(train.seed, impl="rbg"), state.step)
 
     def loss_fn(tree: Any) -> tuple[Array, dict[str, Array]]:
         logits = cast(Array, GPT(config).apply({"params": tree}, batch["inputs"],
