@@ -161,7 +161,12 @@ def bench_checker(records: list[dict[str, Any]], quick: bool) -> None:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = ["# Grammar core benchmarks", "", "Machine: " + ", ".join(f"{k}={v}" for k, v in results["machine"].items()), ""]
+    lines = [
+        "# Grammar core benchmarks",
+        "",
+        "Machine: " + ", ".join(f"{k}={v}" for k, v in results["machine"].items()),
+        "",
+    ]
     recs = results["records"]
     lines += ["## Compile time", "", "| config | cold (ms) | cached (ms) |", "|---|---|---|"]
     by_cfg: dict[str, dict[str, Any]] = {}
@@ -170,11 +175,25 @@ def markdown(results: dict[str, Any]) -> str:
             by_cfg.setdefault(r["config"], {})[r["cache"]] = r["value"]
     for cfg, v in by_cfg.items():
         lines.append(f"| {cfg} | {v.get('cold')} | {v.get('cached')} |")
-    lines += ["", "## Automaton sizes", "", "| config | component | states | table (MiB) | vocab |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Automaton sizes",
+        "",
+        "| config | component | states | table (MiB) | vocab |",
+        "|---|---|---|---|---|",
+    ]
     for r in recs:
         if r["benchmark"] == "automaton_size":
-            lines.append(f"| {r['config']} | {r['component']} | {r['value']} | {r['table_mb']} | {r['vocab']} |")
-    lines += ["", "## Checker throughput (Bach chorales, shipped config)", "", "| system | tokens/s | streams | tokens |", "|---|---|---|---|"]
+            lines.append(
+                f"| {r['config']} | {r['component']} | {r['value']} | {r['table_mb']} | {r['vocab']} |"
+            )
+    lines += [
+        "",
+        "## Checker throughput (Bach chorales, shipped config)",
+        "",
+        "| system | tokens/s | streams | tokens |",
+        "|---|---|---|---|",
+    ]
     for r in recs:
         if r["benchmark"] == "checker":
             lines.append(f"| {r['system']} | {r['value']:,} | {r['streams']} | {r['tokens']:,} |")

@@ -139,7 +139,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 total += report.tokens
                 if report.violation is not None:
                     record["valid"] = False
-                    if s or isinstance(streams, list) and len(streams) > 1:
+                    if s or (isinstance(streams, list) and len(streams) > 1):
                         record["stream"] = s
                     record.update(report.violation.to_dict())
                     break
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check token files against the grammar",
         description=(
             "Check token streams against the grammar of the tokenizer's REMI config. FILE is a "
-            "miditok JSON token file ({\"ids\": [...]} or a list of id lists), plain text of token "
+            'miditok JSON token file ({"ids": [...]} or a list of id lists), plain text of token '
             "names separated by white space (blank lines separate streams), a MIDI file "
             "(tokenized with the config), or - for standard input. For each invalid file the "
             "first violation is reported: where, what rejected it, and what was expected. "

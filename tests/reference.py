@@ -156,7 +156,8 @@ def pruned_lark(text: str, absent: Sequence[str]) -> Lark:
             r
             for r in rules
             if not any(
-                (isinstance(s, Terminal) and s.name in dead_terms) or (isinstance(s, NonTerminal) and s.name in dead)
+                (isinstance(s, Terminal) and s.name in dead_terms)
+                or (isinstance(s, NonTerminal) and s.name in dead)
                 for s in r.expansion
             )
         ]

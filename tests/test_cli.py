@@ -12,8 +12,14 @@ import pytest
 from gramophone.cli import main
 from tests.conftest import automaton_for
 
-GOOD = "Bar_None TimeSig_4/4 Position_0 Pitch_60 Velocity_63 Duration_1.0.4 Position_8 Pitch_62 Velocity_63 Duration_1.0.4"
-BACK = "Bar_None TimeSig_4/4 Position_12 Pitch_60 Velocity_63 Duration_1.0.4 Position_4 Pitch_62 Velocity_63 Duration_1.0.4"
+GOOD = (
+    "Bar_None TimeSig_4/4 Position_0 Pitch_60 Velocity_63 Duration_1.0.4 "
+    "Position_8 Pitch_62 Velocity_63 Duration_1.0.4"
+)
+BACK = (
+    "Bar_None TimeSig_4/4 Position_12 Pitch_60 Velocity_63 Duration_1.0.4 "
+    "Position_4 Pitch_62 Velocity_63 Duration_1.0.4"
+)
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -57,12 +63,16 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_valid_files_exit_0(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["check", str(files["good_txt"]), str(files["good_json"]), str(files["list_json"])], capsys)
+    code, out, _ = run(
+        ["check", str(files["good_txt"]), str(files["good_json"]), str(files["list_json"])], capsys
+    )
     assert code == 0
     assert out.count(": valid") == 3
 
 
-def test_invalid_file_reports_first_violation(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_file_reports_first_violation(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run(["check", str(files["back_txt"])], capsys)
     assert code == 1
     assert "token 6 (Position_4)" in out
@@ -124,7 +134,9 @@ def test_stdin_and_usage_errors() -> None:
     assert proc.returncode == 0, proc.stderr
     proc = subprocess.run([*exe, "check"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    proc = subprocess.run([*exe, "check", "--tokenizer", "/nonexistent.json", "x"], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [*exe, "check", "--tokenizer", "/nonexistent.json", "x"], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 2 and "tokenizer file not found" in proc.stderr
 
 

@@ -12,8 +12,7 @@ from lark import Lark
 from lark.exceptions import LarkError
 
 from gramophone import GrammarError
-from gramophone.grammar import Automaton, Component, compile_grammar
-from gramophone.grammar import fsa
+from gramophone.grammar import Automaton, Component, compile_grammar, fsa
 
 VOCAB = ["A_1", "A_2", "A_3", "B_x", "C_y", "D_1", "EOS_None"]
 
@@ -74,7 +73,7 @@ def test_direct_recursion_and_undefined_rule() -> None:
 
 def test_terminal_matching_nothing_is_an_error_unless_absent() -> None:
     text = 'start: "A_1" X?\nX: /Xylophone_\\d+/\n'
-    with pytest.raises(GrammarError, match="terminal X .* matches no token"):
+    with pytest.raises(GrammarError, match=r"terminal X .* matches no token"):
         compile_grammar(text, VOCAB)
     table = compile_grammar(text, VOCAB, absent_terminals={"X"})
     assert run(table, [0]) and not run(table, [])
@@ -131,7 +130,9 @@ def test_minimization_preserves_the_language_exactly() -> None:
     table = compile_grammar(TOY, VOCAB)
     T, acc, s0 = table.unminimized
     assert T.shape[0] > table.transitions.shape[0]  # minimization did something
-    assert equivalent(Component("u", T, acc, s0), Component("m", table.transitions, table.accepting, table.start))
+    assert equivalent(
+        Component("u", T, acc, s0), Component("m", table.transitions, table.accepting, table.start)
+    )
 
 
 def test_minimization_is_canonical() -> None:
@@ -170,12 +171,16 @@ def test_intersection_preserves_language() -> None:
                 ok = False
                 break
         assert lock == (ok and bool(dense.accepting[s]))
-        assert lock == (all(VOCAB[t] in ("A_1", "A_2", "B_x") for t in ids) and sum(t == 3 for t in ids) % 2 == 0)
+        assert lock == (
+            all(VOCAB[t] in ("A_1", "A_2", "B_x") for t in ids) and sum(t == 3 for t in ids) % 2 == 0
+        )
 
 
 def test_automaton_save_load_roundtrip_and_hash(tmp_path) -> None:  # type: ignore[no-untyped-def]
     table = compile_grammar(TOY, VOCAB)
-    auto = Automaton(tuple(VOCAB), (Component("syntax", table.transitions, table.accepting, table.start),), TOY)
+    auto = Automaton(
+        tuple(VOCAB), (Component("syntax", table.transitions, table.accepting, table.start),), TOY
+    )
     path = auto.save(tmp_path / "a.npz")
     back = Automaton.load(path)
     assert back.hash == auto.hash and back.vocab == auto.vocab and back.grammar_text == TOY

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 from lark import Lark
@@ -135,7 +135,7 @@ def test_automaton_accepts_iff_lark_and_references_accept(name: str, data: st.Da
 def test_reference_oracles_reject_what_they_should() -> None:
     """The oracles themselves can fail (so agreement with them means something)."""
     g = grammar_for("rests")
-    ok = "Bar_None TimeSig_4/4 Position_4 Pitch_60 Velocity_63 Duration_1.0.8".split()
+    ok = ["Bar_None", "TimeSig_4/4", "Position_4", "Pitch_60", "Velocity_63", "Duration_1.0.8"]
     assert lark_accepts(g, ok) and reference_accepts(g, ok)
     back = [*ok, "Position_2", "Pitch_62", "Velocity_63", "Duration_1.0.8"]
     assert lark_accepts(g, back) and not reference_accepts(g, back)
@@ -153,21 +153,44 @@ def test_rests_cross_bar_lines_without_bar_tokens() -> None:
     auto = automaton_for("rests")
     ix = auto.token_index
     # Note at 28 lasting 2 beats ends at 44 = next bar, position 12; a 1-beat rest -> 20.
-    stream = "Bar_None TimeSig_4/4 Position_28 Pitch_60 Velocity_63 Duration_2.0.8 Rest_1.0.4".split()
-    assert auto.accepts([ix[t] for t in [*stream, "Position_20", "Pitch_60", "Velocity_63", "Duration_1.0.8"]])
-    assert not auto.accepts([ix[t] for t in [*stream, "Position_19", "Pitch_60", "Velocity_63", "Duration_1.0.8"]])
+    stream = [
+        "Bar_None",
+        "TimeSig_4/4",
+        "Position_28",
+        "Pitch_60",
+        "Velocity_63",
+        "Duration_2.0.8",
+        "Rest_1.0.4",
+    ]
+    assert auto.accepts(
+        [ix[t] for t in [*stream, "Position_20", "Pitch_60", "Velocity_63", "Duration_1.0.8"]]
+    )
+    assert not auto.accepts(
+        [ix[t] for t in [*stream, "Position_19", "Pitch_60", "Velocity_63", "Duration_1.0.8"]]
+    )
     # Landing exactly on a bar line allows a time signature there.
-    land = "Bar_None TimeSig_4/4 Position_0 Pitch_60 Velocity_63 Duration_2.0.8 Rest_2.0.2 TimeSig_3/4".split()
+    land = [
+        "Bar_None",
+        "TimeSig_4/4",
+        "Position_0",
+        "Pitch_60",
+        "Velocity_63",
+        "Duration_2.0.8",
+        "Rest_2.0.2",
+        "TimeSig_3/4",
+    ]
     assert auto.accepts([ix[t] for t in [*land, "Position_0", "Pitch_60", "Velocity_63", "Duration_1.0.8"]])
     # ... and the new bar is 24 positions long.
-    assert not auto.accepts([ix[t] for t in [*land, "Position_24", "Pitch_60", "Velocity_63", "Duration_1.0.8"]])
+    assert not auto.accepts(
+        [ix[t] for t in [*land, "Position_24", "Pitch_60", "Velocity_63", "Duration_1.0.8"]]
+    )
 
 
 # -- property 3: no dead ends --------------------------------------------------------------
 @pytest.mark.parametrize("name", EXHAUSTIVE)
 def test_no_dead_ends_in_the_reachable_product(name: str) -> None:
     auto = automaton_for(name)
-    T, acc, s0, _ = fsa.product(
+    T, acc, _, _ = fsa.product(
         [c.transitions for c in auto.components],
         [c.accepting for c in auto.components],
         [c.start for c in auto.components],
@@ -208,7 +231,9 @@ def test_random_walks_have_no_miditok_errors_and_decode(name: str, seed: int, le
 def test_special_tokens() -> None:
     auto = automaton_for("shipped")
     ix = auto.token_index
-    body = [ix[t] for t in "Bar_None TimeSig_4/4 Position_0 Pitch_60 Velocity_63 Duration_1.0.4".split()]
+    body = [
+        ix[t] for t in ["Bar_None", "TimeSig_4/4", "Position_0", "Pitch_60", "Velocity_63", "Duration_1.0.4"]
+    ]
     bos, eos, pad = ix["BOS_None"], ix["EOS_None"], ix["PAD_None"]
     assert auto.accepts([bos, *body, eos, pad, pad])
     assert auto.accepts(body) and auto.accepts([bos, *body])

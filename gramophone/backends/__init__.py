@@ -51,16 +51,17 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {
-    "torch": _Entry("gramophone.backends.torch_backend", "TorchBackend",
-                    ("torch", "safetensors"), "torch"),
-    "jax": _Entry("gramophone.backends.jax_backend", "JaxBackend",
-                  ("jax", "flax", "optax", "safetensors"), "jax"),
+    "torch": _Entry("gramophone.backends.torch_backend", "TorchBackend", ("torch", "safetensors"), "torch"),
+    "jax": _Entry(
+        "gramophone.backends.jax_backend", "JaxBackend", ("jax", "flax", "optax", "safetensors"), "jax"
+    ),
 }
 _INSTANCES: dict[str, Backend] = {}
 
 
-def register_backend(name: str, module: str, cls: str, requires: tuple[str, ...] = (),
-                     extra: str | None = None) -> None:
+def register_backend(
+    name: str, module: str, cls: str, requires: tuple[str, ...] = (), extra: str | None = None
+) -> None:
     """Make ``get_backend(name)`` import ``module`` and instantiate its class ``cls``."""
     _REGISTRY[name] = _Entry(module, cls, tuple(requires), extra or name)
     _INSTANCES.pop(name, None)
@@ -104,8 +105,7 @@ def get_backend(name: str, **options: Any) -> Backend:
         cls = getattr(importlib.import_module(entry.module), entry.cls)
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"backend {name!r} could not be imported ({exc}); "
-            f"try pip install 'gramophone[{entry.extra}]'"
+            f"backend {name!r} could not be imported ({exc}); try pip install 'gramophone[{entry.extra}]'"
         ) from exc
     backend: Backend = cls(**options)
     if not options:

@@ -36,7 +36,15 @@ import numpy as np
 from gramophone.backends import checkpoint as ckpt
 from gramophone.backends.config import ModelConfig, TrainConfig
 
-__all__ = ["Backend", "Batch", "Checkpoint", "init_weights", "sinusoidal_positions"]
+__all__ = [
+    "Backend",
+    "Batch",
+    "Checkpoint",
+    "check_ids",
+    "check_positions",
+    "init_weights",
+    "sinusoidal_positions",
+]
 
 Batch = Mapping[str, np.ndarray]
 Params = Any  # backend-specific, opaque to callers
@@ -61,6 +69,24 @@ def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
     pe[:, 0::2] = np.sin(pos * inv_freq)
     pe[:, 1::2] = np.cos(pos * inv_freq)
     return pe.astype(np.float32)
+
+
+def check_ids(ids: np.ndarray, vocab_size: int, what: str = "token ids") -> np.ndarray:
+    """``ids`` as int32; a ``ValueError`` unless every id is in ``[0, vocab_size)`` (torch
+    would fail on the device, JAX would silently clamp the lookup)."""
+    arr = np.asarray(ids)
+    if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+        raise ValueError(f"{what} outside the vocabulary [0, {vocab_size}): min {arr.min()}, max {arr.max()}")
+    return arr.astype(np.int32, copy=False)
+
+
+def check_positions(position: int | np.ndarray, batch: int, cache_len: int) -> np.ndarray:
+    """``position`` broadcast to int32[batch]; a ``ValueError`` unless ``0 <= p < cache_len``
+    (out of range, torch would fail on the device and JAX would silently drop the write)."""
+    pos = np.broadcast_to(np.asarray(position, dtype=np.int64), (batch,))
+    if pos.min(initial=0) < 0 or pos.max(initial=0) >= cache_len:
+        raise ValueError(f"decode position {pos.tolist()} outside the cache [0, {cache_len})")
+    return pos.astype(np.int32)
 
 
 def init_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -131,8 +157,9 @@ class Backend(ABC):
         """Full causal forward pass (no dropout): int32[B, T] -> float32[B, T, V]."""
 
     @abstractmethod
-    def prefill(self, params: Params, ids: np.ndarray, cache_len: int | None = None,
-                lengths: np.ndarray | None = None) -> tuple[np.ndarray, Cache]:
+    def prefill(
+        self, params: Params, ids: np.ndarray, cache_len: int | None = None, lengths: np.ndarray | None = None
+    ) -> tuple[np.ndarray, Cache]:
         """Run a prompt and build a KV cache of ``cache_len`` positions (default ``max_len``).
 
         ``ids`` int32[B, T] with ``T <= cache_len``; ``lengths`` int32[B] (default ``T``)
@@ -141,8 +168,9 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def decode_step(self, params: Params, token: np.ndarray, cache: Cache,
-                    position: int | np.ndarray) -> tuple[np.ndarray, Cache]:
+    def decode_step(
+        self, params: Params, token: np.ndarray, cache: Cache, position: int | np.ndarray
+    ) -> tuple[np.ndarray, Cache]:
         """Feed ``token`` int32[B] at ``position`` (int or int32[B], ``< cache_len``).
 
         Returns float32[B, V], the logits for the next position, and the updated cache.
@@ -187,20 +215,39 @@ class Backend(ABC):
 
     # ----------------------------------------------------------------- checkpoints
 
-    def save(self, path: str | os.PathLike[str], params: Params, *,
-             train: TrainConfig | None = None, step: int = 0,
-             meta: Mapping[str, Any] | None = None) -> Path:
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        params: Params,
+        *,
+        train: TrainConfig | None = None,
+        step: int = 0,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Path:
         """Write ``params`` (no optimizer state) as a checkpoint directory."""
-        return ckpt.save_checkpoint(path, self.to_numpy(params), self.config_of(params),
-                                    train=train, step=step, meta=meta, backend=self.name)
+        return ckpt.save_checkpoint(
+            path,
+            self.to_numpy(params),
+            self.config_of(params),
+            train=train,
+            step=step,
+            meta=meta,
+            backend=self.name,
+        )
 
-    def save_state(self, path: str | os.PathLike[str], state: State, *,
-                   meta: Mapping[str, Any] | None = None) -> Path:
+    def save_state(
+        self, path: str | os.PathLike[str], state: State, *, meta: Mapping[str, Any] | None = None
+    ) -> Path:
         """Write a training state (parameters + this backend's optimizer state)."""
         params = self.state_params(state)
         return ckpt.save_checkpoint(
-            path, self.to_numpy(params), self.config_of(params), train=self.state_train(state),
-            step=self.state_step(state), meta=meta, backend=self.name,
+            path,
+            self.to_numpy(params),
+            self.config_of(params),
+            train=self.state_train(state),
+            step=self.state_step(state),
+            meta=meta,
+            backend=self.name,
             extra_files=self._optimizer_writers(state),
         )
 
@@ -210,8 +257,7 @@ class Backend(ABC):
         params = self.from_numpy(ckpt.read_weights(info), info.model)
         return Checkpoint(params, info.model, info.train, info.step, info.meta, info.path)
 
-    def load_state(self, path: str | os.PathLike[str],
-                   train: TrainConfig | None = None) -> State:
+    def load_state(self, path: str | os.PathLike[str], train: TrainConfig | None = None) -> State:
         """A training state to resume from: parameters and step of the checkpoint, and this
         backend's optimizer state when the checkpoint has it (else a fresh one).
         ``train`` overrides the stored training configuration."""

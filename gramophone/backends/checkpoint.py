@@ -65,12 +65,18 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     for i in range(config.n_layers):
         p = f"blocks.{i}."
         shapes |= {
-            p + "ln1.weight": (D,), p + "ln1.bias": (D,),
-            p + "attn.qkv.weight": (3 * D, D), p + "attn.qkv.bias": (3 * D,),
-            p + "attn.proj.weight": (D, D), p + "attn.proj.bias": (D,),
-            p + "ln2.weight": (D,), p + "ln2.bias": (D,),
-            p + "mlp.fc.weight": (F, D), p + "mlp.fc.bias": (F,),
-            p + "mlp.proj.weight": (D, F), p + "mlp.proj.bias": (D,),
+            p + "ln1.weight": (D,),
+            p + "ln1.bias": (D,),
+            p + "attn.qkv.weight": (3 * D, D),
+            p + "attn.qkv.bias": (3 * D,),
+            p + "attn.proj.weight": (D, D),
+            p + "attn.proj.bias": (D,),
+            p + "ln2.weight": (D,),
+            p + "ln2.bias": (D,),
+            p + "mlp.fc.weight": (F, D),
+            p + "mlp.fc.bias": (F,),
+            p + "mlp.proj.weight": (D, F),
+            p + "mlp.proj.bias": (D,),
         }
     shapes |= {"ln_f.weight": (D,), "ln_f.bias": (D,), "head.weight": (V, D), "head.bias": (V,)}
     return shapes
@@ -137,15 +143,13 @@ def save_checkpoint(
     :func:`expected_shapes` (checked before anything is written).
     ``extra_files``: file name -> ``writer(tmp_path)``, e.g. optimizer state.
     """
-    from safetensors.numpy import save_file  # noqa: PLC0415 (optional dependency)
+    from safetensors.numpy import save_file
 
     directory = Path(path)
     check_weights(weights, model, f"{directory / WEIGHTS_FILE} (writing)")
     directory.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.ascontiguousarray(weights[k], dtype=np.float32)
-              for k in expected_shapes(model)}
-    files = {WEIGHTS_FILE: atomic_write(directory / WEIGHTS_FILE,
-                                        lambda tmp: save_file(arrays, str(tmp)))}
+    arrays = {k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in expected_shapes(model)}
+    files = {WEIGHTS_FILE: atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(arrays, str(tmp)))}
     for name, writer in (extra_files or {}).items():
         files[name] = atomic_write(directory / name, writer)
     config = {
@@ -181,11 +185,14 @@ def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_path}: not a gramophone checkpoint config "
-                              f"(expected \"format\": \"{FORMAT}\")")
+        raise CheckpointError(
+            f'{cfg_path}: not a gramophone checkpoint config (expected "format": "{FORMAT}")'
+        )
     if data.get("version") != VERSION:
-        raise CheckpointError(f"{cfg_path}: unsupported checkpoint version "
-                              f"{data.get('version')!r} (this gramophone reads {VERSION})")
+        raise CheckpointError(
+            f"{cfg_path}: unsupported checkpoint version "
+            f"{data.get('version')!r} (this gramophone reads {VERSION})"
+        )
     try:
         model = ModelConfig.from_dict(data["model"])
         train = None if data.get("train") is None else TrainConfig.from_dict(data["train"])
@@ -195,9 +202,9 @@ def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
         raise CheckpointError(f"{cfg_path}: invalid configuration: {exc}") from None
     step, meta, files = data.get("step", 0), data.get("meta") or {}, data.get("files") or {}
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise CheckpointError(f"{cfg_path}: \"step\" must be a non-negative int, got {step!r}")
+        raise CheckpointError(f'{cfg_path}: "step" must be a non-negative int, got {step!r}')
     if not isinstance(meta, dict) or not isinstance(files, dict):
-        raise CheckpointError(f"{cfg_path}: \"meta\" and \"files\" must be JSON objects")
+        raise CheckpointError(f'{cfg_path}: "meta" and "files" must be JSON objects')
     return CheckpointInfo(directory, model, train, step, meta, data.get("backend"), files)
 
 
@@ -216,18 +223,20 @@ def file_path(info: CheckpointInfo, name: str, *, verify: bool = True) -> Path |
     if verify:
         size = p.stat().st_size
         if size != record.get("bytes"):
-            raise CheckpointError(f"{p}: truncated or corrupted: {size} bytes, "
-                                  f"{CONFIG_FILE} records {record.get('bytes')}")
+            raise CheckpointError(
+                f"{p}: truncated or corrupted: {size} bytes, {CONFIG_FILE} records {record.get('bytes')}"
+            )
         if record.get("sha256") and _describe(p)["sha256"] != record["sha256"]:
-            raise CheckpointError(f"{p}: corrupted or overwritten: SHA-256 differs from the "
-                                  f"one recorded in {CONFIG_FILE}")
+            raise CheckpointError(
+                f"{p}: corrupted or overwritten: SHA-256 differs from the one recorded in {CONFIG_FILE}"
+            )
     return p
 
 
 def read_weights(info: CheckpointInfo, *, verify: bool = True) -> dict[str, np.ndarray]:
     """Load ``model.safetensors`` and check it against ``info.model``; name -> float32 array."""
-    from safetensors import SafetensorError  # noqa: PLC0415 (optional dependency)
-    from safetensors.numpy import load_file  # noqa: PLC0415
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
 
     p = info.path / WEIGHTS_FILE
     if not p.is_file():
@@ -253,8 +262,7 @@ def check_weights(weights: Mapping[str, np.ndarray], model: ModelConfig, where: 
             parts.append(f"missing {_few(missing)}")
         if unexpected:
             parts.append(f"unexpected {_few(unexpected)}")
-        raise CheckpointError(f"{where}: tensors do not match the model config: "
-                              + "; ".join(parts))
+        raise CheckpointError(f"{where}: tensors do not match the model config: " + "; ".join(parts))
     for name, shape in shapes.items():
         arr = weights[name]
         if tuple(arr.shape) != shape:

@@ -57,8 +57,16 @@ def _check_int(owner: str, name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value}")
 
 
-def _check_float(owner: str, name: str, value: object, lo: float, hi: float | None = None,
-                 *, lo_open: bool = False, hi_open: bool = True) -> None:
+def _check_float(
+    owner: str,
+    name: str,
+    value: object,
+    lo: float,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = True,
+) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{owner}.{name} must be a number, got {value!r}")
     v = float(value)
@@ -90,13 +98,10 @@ class ModelConfig:
         _check_float(owner, "dropout", self.dropout, 0.0, 1.0)
         if self.d_model % self.n_heads:
             raise ValueError(
-                f"ModelConfig.d_model ({self.d_model}) must be divisible by "
-                f"n_heads ({self.n_heads})"
+                f"ModelConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
         if self.d_model % 2:
-            raise ValueError(
-                f"ModelConfig.d_model must be even (sinusoidal positions), got {self.d_model}"
-            )
+            raise ValueError(f"ModelConfig.d_model must be even (sinusoidal positions), got {self.d_model}")
 
     @property
     def head_dim(self) -> int:
@@ -157,11 +162,12 @@ class TrainConfig:
         _check_float(owner, "eps", self.eps, 0.0)
         _check_float(owner, "min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, hi_open=False)
         if self.loss not in LOSSES:
-            raise ValueError(f"TrainConfig.loss must be one of {', '.join(LOSSES)}, "
-                             f"got {self.loss!r}")
+            raise ValueError(f"TrainConfig.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.warmup_steps > self.total_steps:
-            raise ValueError(f"TrainConfig.warmup_steps ({self.warmup_steps}) must not exceed "
-                             f"total_steps ({self.total_steps})")
+            raise ValueError(
+                f"TrainConfig.warmup_steps ({self.warmup_steps}) must not exceed "
+                f"total_steps ({self.total_steps})"
+            )
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -222,6 +228,4 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
-        ) from None
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None

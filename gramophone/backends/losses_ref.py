@@ -122,12 +122,15 @@ def weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
     return float(np.sum(w * values) / max(float(np.sum(w)), 1e-8))
 
 
-def batch_loss(logits: np.ndarray, batch: Mapping[str, np.ndarray],
-               train: TrainConfig) -> dict[str, float]:
+def batch_loss(logits: np.ndarray, batch: Mapping[str, np.ndarray], train: TrainConfig) -> dict[str, float]:
     """The metrics a backend's ``evaluate`` returns for ``batch`` (weighted means):
     ``loss``, ``nll`` and, when the batch has ``allowed``, ``structural``."""
     per = per_position_losses(
-        logits, batch["targets"], batch.get("allowed"), loss=train.loss,
-        label_smoothing=train.label_smoothing, structural_weight=train.structural_weight,
+        logits,
+        batch["targets"],
+        batch.get("allowed"),
+        loss=train.loss,
+        label_smoothing=train.label_smoothing,
+        structural_weight=train.structural_weight,
     )
     return {k: weighted_mean(v, batch["weights"]) for k, v in per.items()}

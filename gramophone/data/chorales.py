@@ -40,6 +40,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -136,13 +137,11 @@ def chorale_names() -> list[str]:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         data = json.loads(index.read_text(encoding="utf-8"))
         names = data["names"]
-        if (version is None or data["music21"] == version) and all(
-            isinstance(n, str) for n in names
-        ):
+        if (version is None or data["music21"] == version) and all(isinstance(n, str) for n in names):
             return list(names)
     if version is None:
         raise ImportError(_MISSING_MUSIC21)
-    from music21 import corpus  # noqa: PLC0415  (lazy: see the module notes)
+    from music21 import corpus
 
     iterator = corpus.chorales.Iterator(numberingSystem="riemenschneider", returnType="filename")
     names = list(dict.fromkeys(str(n) for n in iterator))
@@ -191,9 +190,7 @@ def select_voices(part_names: Sequence[str | None]) -> list[int]:
     >>> select_voices([None, None, None, None, None])
     [1, 2, 3, 4]
     """
-    voices = [
-        (i, m.group(1).lower()) for i, n in enumerate(part_names) if (m := _VOICE_RE.match(n or ""))
-    ]
+    voices = [(i, m.group(1).lower()) for i, n in enumerate(part_names) if (m := _VOICE_RE.match(n or ""))]
     if {v for _, v in voices} == {"soprano", "alto", "tenor", "bass"}:
         return [i for i, _ in voices]
     return list(range(max(0, len(part_names) - 4), len(part_names)))
@@ -202,7 +199,7 @@ def select_voices(part_names: Sequence[str | None]) -> list[int]:
 @contextlib.contextmanager
 def _music21_scratch(path: Path) -> Iterator[None]:
     """Point music21's scratch folder at *path* in this process only (no settings file)."""
-    from music21 import environment  # noqa: PLC0415  (lazy: see the module notes)
+    from music21 import environment
 
     env = environment.Environment()
     old = env["directoryScratch"]
@@ -215,13 +212,14 @@ def _music21_scratch(path: Path) -> Iterator[None]:
 
 def _init_worker(scratch: str) -> None:
     """Worker initializer: music21's scratch folder inside the cache, in-process only."""
-    from music21 import environment  # noqa: PLC0415  (lazy: see the module notes)
+    from music21 import environment
 
     environment.Environment()["directoryScratch"] = scratch
 
 
 def layout_measures(
     measures: Sequence[tuple[float, float, float]],
+    silent: Sequence[bool] | None = None,
 ) -> tuple[list[float], list[tuple[float, int]]]:
     """Place measures on whole bars; returns (start of each measure, bars).
 
@@ -234,6 +232,7 @@ def layout_measures(
     with their bar; another incomplete measure continues the bar left open before it if
     it fits (the two halves of a bar split by a repeat), else it opens a bar of its own.
     What is left of a bar is a rest; an overfull measure is padded to whole bars. The
+    measures marked in *silent* take no time (they start where the next one would). The
     bars (start, index of the measure whose time signature they take) are listed where a
     measure opens one.
 
@@ -241,12 +240,17 @@ def layout_measures(
     ([3.0, 4.0, 8.0, 11.0, 12.0, 16.0], [(0.0, 0), (4.0, 1), (8.0, 2), (12.0, 4), (16.0, 5)])
     """
     eps = 1e-6
+    played = [i for i in range(len(measures)) if not (silent and silent[i])]
+    following = dict(itertools.pairwise(played))  # next played measure
     starts: list[float] = []
     bars: list[tuple[float, int]] = []
     bar = 0.0  # start of the open bar (or of the next one)
     open_len: float | None = None  # length of the bar left open by incomplete measures
     fill = 0.0  # how much of the open bar is used
     for i, (length, bar_len, pad) in enumerate(measures):
+        if silent and silent[i]:
+            starts.append(bar if open_len is None else bar + fill)
+            continue
         if length >= bar_len - eps:  # complete, or overfull
             if open_len is not None:
                 bar += open_len
@@ -266,12 +270,13 @@ def layout_measures(
                 continue
             bar += open_len
             open_len = None
-        following_complete = i + 1 < len(measures) and (
-            measures[i + 1][0] >= measures[i + 1][1] - eps
+        nxt = following.get(i)
+        upbeat = i == played[0] or (
+            nxt is not None and measures[nxt][0] >= measures[nxt][1] - eps and length <= bar_len / 2 + eps
         )
         if pad > eps:
             at = min(pad, bar_len - length)
-        elif i == 0 or (following_complete and length <= bar_len / 2 + eps):
+        elif upbeat:
             at = bar_len - length
         else:
             at = 0.0
@@ -283,6 +288,22 @@ def layout_measures(
         else:
             open_len = bar_len
     return starts, bars
+
+
+def _silent_measures(spans: Sequence[tuple[int, int]], notes: Iterable[tuple[int, int]]) -> list[bool]:
+    """For each measure span [start, end) in ticks: does no note sound in it?"""
+    sounding: list[list[int]] = []  # union of the notes' spans, sorted
+    for start, end in sorted(notes):
+        if sounding and start <= sounding[-1][1]:
+            sounding[-1][1] = max(sounding[-1][1], end)
+        else:
+            sounding.append([start, end])
+    firsts = [s for s, _ in sounding]
+    silent = []
+    for start, end in spans:
+        i = bisect.bisect_left(firsts, end) - 1  # the last sounding span that starts before end
+        silent.append(i < 0 or sounding[i][1] <= start)
+    return silent
 
 
 class _TimeMap:
@@ -322,7 +343,7 @@ def _dedupe_meta(events: Iterable[Any], key: Any, tmap: _TimeMap) -> list[Any]:
 
 def _merge_tracks(src: ScoreTick, tmap: _TimeMap) -> ScoreTick:
     """One piano track holding every note of *src*; all events re-timed by *tmap*."""
-    from symusic.core import NoteTick, ScoreTick, TrackTick  # noqa: PLC0415  (lazy)
+    from symusic.core import NoteTick, ScoreTick, TrackTick
 
     raw = sorted(
         {
@@ -372,7 +393,7 @@ def _expanded_measures(score: Any) -> list[Any]:
     the measures of the MIDI file. Where the repeats are malformed (music21 cannot
     expand them), they are removed from the whole score and each measure plays once.
     """
-    from music21 import bar, repeat, spanner, stream  # noqa: PLC0415  (lazy)
+    from music21 import bar, repeat, spanner, stream
 
     first = score.parts.first()
     try:
@@ -393,8 +414,8 @@ def _expanded_measures(score: Any) -> list[Any]:
 
 def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
     """Parse chorale *name* with music21 and make the single-track symusic score."""
-    from music21 import corpus, meter, stream  # noqa: PLC0415  (lazy: see the module notes)
-    from symusic.core import ScoreTick, TimeSignatureTick  # noqa: PLC0415  (lazy)
+    from music21 import corpus, meter, stream
+    from symusic.core import ScoreTick, TimeSignatureTick
 
     score = corpus.parse(name)
     if not isinstance(score, stream.Score):
@@ -425,7 +446,6 @@ def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
             )
         )
         signatures.append((int(ts.numerator), int(ts.denominator)))
-    new_starts, bars = layout_measures(rows)
 
     fd, tmp = tempfile.mkstemp(prefix="gramophone-", suffix=".mid", dir=scratch)
     os.close(fd)
@@ -438,14 +458,21 @@ def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
     # The writer expands the repeats itself: check that it played the measures listed here.
     written_end = max((n.time + n.duration for t in src.tracks for n in t.notes), default=0)
     measures_end = (float(measures[-1].offset) + rows[-1][0]) * tpq
-    if abs(written_end - measures_end) > rows[-1][1] * tpq:
+    if written_end > measures_end + 1:
         raise ValueError(
-            f"music21's MIDI ends at {written_end / tpq} quarter notes, "
-            f"its measures at {measures_end / tpq}"
+            f"music21's MIDI ends at {written_end / tpq} quarter notes, its measures at {measures_end / tpq}"
         )
-    tmap = _TimeMap(
-        [round(float(m.offset) * tpq) for m in measures], [round(t * tpq) for t in new_starts]
+    # Measures where no voice sings (instrumental interludes) are left out.
+    spans = [
+        (round(float(m.offset) * tpq), round((float(m.offset) + r[0]) * tpq))
+        for m, r in zip(measures, rows, strict=True)
+    ]
+    silent = _silent_measures(
+        spans,
+        ((n.time, n.time + n.duration) for t in src.tracks for n in t.notes if n.duration > 0),
     )
+    new_starts, bars = layout_measures(rows, silent)
+    tmap = _TimeMap([start for start, _ in spans], [round(t * tpq) for t in new_starts])
     out = _merge_tracks(src, tmap)
     out.time_signatures.clear()  # written again where the bars of the layout change meter
     last: tuple[int, int] | None = None
@@ -548,8 +575,7 @@ def _convert_all(
                 initargs=(str(scratch),),
             ) as pool:
                 futures = {
-                    pool.submit(_convert_one, name, str(paths[name]), str(scratch)): name
-                    for name in todo
+                    pool.submit(_convert_one, name, str(paths[name]), str(scratch)): name for name in todo
                 }
                 try:
                     for future in as_completed(futures):

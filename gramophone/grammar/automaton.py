@@ -19,10 +19,10 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -239,23 +239,24 @@ class Automaton:
         """Write a compressed ``.npz`` atomically; returns the path."""
         path = Path(path)
         arrays: dict[str, np.ndarray] = {}
-        header = {
+        comp_headers: list[dict[str, Any]] = []
+        header: dict[str, Any] = {
             "format": _FORMAT,
             "vocab": list(self.vocab),
             "grammar_text": self.grammar_text,
             "meta": dict(self.meta),
             "hash": self.hash,
-            "components": [],
+            "components": comp_headers,
         }
         for k, c in enumerate(self.components):
-            header["components"].append({"name": c.name, "start": c.start, "info": sorted(c.info)})
+            comp_headers.append({"name": c.name, "start": c.start, "info": sorted(c.info)})
             arrays[f"c{k}_transitions"] = c.transitions
             arrays[f"c{k}_accepting"] = c.accepting
             for key, value in c.info.items():
                 arrays[f"c{k}_info_{key}"] = value
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:

@@ -156,7 +156,7 @@ def check_stream(automaton: Automaton, ids: Iterable[int]) -> StreamReport:
     n = 0
     for tok in ids:
         t = int(tok)
-        nexts = [int(flat[s * V + t]) for flat, s in zip(flats, states)]
+        nexts = [int(flat[s * V + t]) for flat, s in zip(flats, states, strict=True)]
         for k, nxt in enumerate(nexts):
             if nxt == REJECT:
                 history = [vocab[i] for i in recent]

@@ -149,8 +149,8 @@ class _Builder:
             if isinstance(op, Token) and op.type == "OP":
                 return self._repeat_op(inner, str(op), stack)
             if isinstance(op, Token) and op.type == "TILDE":
-                lo = int(node.children[2])
-                hi = int(node.children[3]) if len(node.children) > 3 else lo
+                lo = int(str(node.children[2]))
+                hi = int(str(node.children[3])) if len(node.children) > 3 else lo
                 if hi < lo:
                     raise GrammarError(f"repetition ~ {lo}..{hi} is empty")
                 return self._repeat_range(inner, lo, hi, stack)
@@ -272,9 +272,7 @@ def compile_grammar(
     T, accepting, s0 = fsa.canonical(T, accepting, s0)
 
     names = builder.symbol_names
-    token_terminal = tuple(
-        next((names[s] for s in np.nonzero(matrix[v])[0]), "") for v in range(V)
-    )
+    token_terminal = tuple(next((names[s] for s in np.nonzero(matrix[v])[0]), "") for v in range(V))
     return SyntaxTable(
         transitions=fsa.expand(T, token_class),
         accepting=accepting,

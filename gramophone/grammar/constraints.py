@@ -103,7 +103,9 @@ def time_component(vocab: Sequence[str], model: TimeModel) -> Component:
     for v, (kind, value) in enumerate(kinds):
         col = np.full(S, REJECT, dtype=np.int64)
         if kind == "Bar":
-            e_next = np.maximum(0, p_of + e_of - L_of) + bar_start_e if model.use_rests else np.zeros_like(e_of)
+            e_next = (
+                np.maximum(0, p_of + e_of - L_of) + bar_start_e if model.use_rests else np.zeros_like(e_of)
+            )
             e_next = np.minimum(e_next, E)
             col[rows] = sid(ts_of, np.full_like(p_of, -1), e_next)
             col[0] = sid(np.array([default_ts]), np.array([-1]), np.array([bar_start_e]))[0]

@@ -122,7 +122,9 @@ def coreachable(T: np.ndarray, accepting: np.ndarray) -> np.ndarray:
     good = accepting.copy()
     frontier = np.nonzero(good)[0]
     while frontier.size:
-        preds = np.concatenate([rsrc[starts[s] : starts[s + 1]] for s in frontier]) if frontier.size else frontier
+        preds = (
+            np.concatenate([rsrc[starts[s] : starts[s + 1]] for s in frontier]) if frontier.size else frontier
+        )
         preds = np.unique(preds)
         preds = preds[~good[preds]]
         good[preds] = True

@@ -73,10 +73,13 @@ def derive(tokenizer: MusicTokenizer) -> RemiGrammar:
         raise UnsupportedConfigError("trained (BPE/Unigram/WordPiece) tokenizers are not supported")
     for option, supported in _UNSUPPORTED_FLAGS.items():
         if bool(getattr(cfg, option)) != supported:
-            raise UnsupportedConfigError(f"tokenizer option {option}={getattr(cfg, option)!r} is not supported")
+            raise UnsupportedConfigError(
+                f"tokenizer option {option}={getattr(cfg, option)!r} is not supported"
+            )
     if cfg.use_programs and not cfg.one_token_stream_for_programs:
         raise UnsupportedConfigError(
-            "use_programs with one_token_stream_for_programs=False is not supported (programs in one stream only)"
+            "use_programs with one_token_stream_for_programs=False is not supported "
+            "(programs in one stream only)"
         )
     params = cfg.additional_params
     if params.get("use_bar_end_tokens"):
@@ -123,11 +126,13 @@ def derive(tokenizer: MusicTokenizer) -> RemiGrammar:
     if overrides:
         text += "\n// Derived from the tokenizer config:\n" + "\n".join(overrides) + "\n"
 
-    time_sigs = tuple(tuple(ts) for ts in tokenizer.time_signatures) if cfg.use_time_signatures else ()
+    time_sigs = (
+        tuple((int(n), int(d)) for n, d in tokenizer.time_signatures) if cfg.use_time_signatures else ()
+    )
     model = TimeModel(
         positions_per_beat=int(cfg.max_num_pos_per_beat),
-        time_signatures=time_sigs,  # type: ignore[arg-type]
-        default_time_signature=tuple(TIME_SIGNATURE),  # type: ignore[arg-type]
+        time_signatures=time_sigs,
+        default_time_signature=(int(TIME_SIGNATURE[0]), int(TIME_SIGNATURE[1])),
         use_time_signatures=bool(cfg.use_time_signatures),
         use_rests=bool(cfg.use_rests),
     )

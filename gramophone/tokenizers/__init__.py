@@ -25,7 +25,7 @@ from gramophone.errors import TokenFileError
 
 if TYPE_CHECKING:
     from miditok import REMI
-    from symusic import Score
+    from symusic.core import ScoreTick as Score
 
 __all__ = [
     "decode_ids",
@@ -80,7 +80,7 @@ def encode_score(tokenizer: REMI, score: Score) -> list[list[int]]:
     """
     if tokenizer.config.use_programs:
         score = score.copy()
-        score.tracks = sorted(score.tracks, key=lambda t: -1 if t.is_drum else t.program)
+        score.tracks = sorted(score.tracks, key=lambda t: -1 if t.is_drum else t.program)  # type: ignore[assignment]
     seqs = tokenizer.encode(score)
     if not isinstance(seqs, list):
         seqs = [seqs]
@@ -95,7 +95,7 @@ def encode_midi(tokenizer: REMI, path: str | os.PathLike[str]) -> list[list[int]
         score = Score(str(path))
     except Exception as exc:  # symusic raises RuntimeError/ValueError on bad files
         raise TokenFileError(f"{path}: not a readable MIDI file ({exc})") from exc
-    return encode_score(tokenizer, score)
+    return encode_score(tokenizer, score)  # type: ignore[arg-type]
 
 
 def decode_ids(tokenizer: REMI, ids: Sequence[int]) -> Score:
@@ -161,7 +161,9 @@ def parse_token_bytes(data: bytes, name: str, tokenizer: REMI) -> list[list[int]
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise TokenFileError(f"{name}: broken JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+            raise TokenFileError(
+                f"{name}: broken JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+            ) from exc
         return _ids_from_json(obj, name, len(tokenizer))
     return _ids_from_text(text, name, tokenizer.vocab)
 

@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from gramophone.backends import checkpoint as ckpt
-from gramophone.backends.base import Backend, Batch
+from gramophone.backends.base import Backend, Batch, check_ids, check_positions
 from gramophone.backends.config import ModelConfig, TrainConfig
 from gramophone.backends.jax_backend.model import (
     GPT,
@@ -92,22 +92,22 @@ def forward(params: JaxParams, ids: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("cache_len",))
-def prefill(params: JaxParams, ids: Array, lengths: Array,
-            cache_len: int) -> tuple[Array, JaxKVCache]:
+def prefill(params: JaxParams, ids: Array, lengths: Array, cache_len: int) -> tuple[Array, JaxKVCache]:
     """Prompt ``ids`` int32[B, T], ``lengths`` int32[B] -> (float32[B, V], cache)."""
-    out = GPT(params.config).apply(
-        {"params": params.tree}, ids, lengths, cache_len, method=GPT.prefill)
+    out = GPT(params.config).apply({"params": params.tree}, ids, lengths, cache_len, method=GPT.prefill)
     logits, (k, v) = cast(tuple[Array, tuple[Array, Array]], out)
     return logits, JaxKVCache(k, v)
 
 
 @functools.partial(jax.jit, donate_argnames=("cache",))
-def decode_step(params: JaxParams, token: Array, cache: JaxKVCache,
-                positions: Array) -> tuple[Array, JaxKVCache]:
+def decode_step(
+    params: JaxParams, token: Array, cache: JaxKVCache, positions: Array
+) -> tuple[Array, JaxKVCache]:
     """``token`` int32[B] at ``positions`` int32[B] -> (float32[B, V], new cache).
     The cache passed in is donated: use the returned one."""
     out = GPT(params.config).apply(
-        {"params": params.tree}, token, (cache.k, cache.v), positions, method=GPT.decode)
+        {"params": params.tree}, token, (cache.k, cache.v), positions, method=GPT.decode
+    )
     logits, (k, v) = cast(tuple[Array, tuple[Array, Array]], out)
     return logits, JaxKVCache(k, v)
 
@@ -115,8 +115,7 @@ def decode_step(params: JaxParams, token: Array, cache: JaxKVCache,
 # ------------------------------------------------------------------ losses and training
 
 
-def compute_losses(logits: Array, batch: Mapping[str, Array],
-                   train: TrainConfig) -> dict[str, Array]:
+def compute_losses(logits: Array, batch: Mapping[str, Array], train: TrainConfig) -> dict[str, Array]:
     """Weighted-mean losses (scalars) of ``logits`` (B, T, V) against ``batch``; the same
     formulas as :mod:`gramophone.backends.losses_ref`."""
     targets, weights = batch["targets"], batch["weights"].astype(jnp.float32)
@@ -155,8 +154,7 @@ def compute_losses(logits: Array, batch: Mapping[str, Array],
 
 
 @functools.partial(jax.jit, static_argnames=("train",))
-def evaluate(params: JaxParams, batch: Mapping[str, Array],
-             train: TrainConfig) -> dict[str, Array]:
+def evaluate(params: JaxParams, batch: Mapping[str, Array], train: TrainConfig) -> dict[str, Array]:
     return compute_losses(forward(params, batch["inputs"]), batch, train)
 
 
@@ -164,8 +162,7 @@ def learning_rate(step: Array, train: TrainConfig) -> Array:
     """:func:`gramophone.backends.config.learning_rate` in jnp (traceable)."""
     s = jnp.asarray(step, jnp.float32)
     warm = train.lr * (s + 1) / max(train.warmup_steps, 1)
-    progress = jnp.clip((s - train.warmup_steps)
-                        / max(1, train.total_steps - train.warmup_steps), 0.0, 1.0)
+    progress = jnp.clip((s - train.warmup_steps) / max(1, train.total_steps - train.warmup_steps), 0.0, 1.0)
     cosine = 0.5 * (1.0 + jnp.cos(math.pi * progress))
     decayed = train.lr * (train.min_lr_ratio + (1.0 - train.min_lr_ratio) * cosine)
     return jnp.where(s < train.warmup_steps, warm, decayed)
@@ -177,23 +174,26 @@ def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(train.clip_norm),
         optax.scale_by_adam(b1=train.beta1, b2=train.beta2, eps=train.eps),
-        optax.add_decayed_weights(
-            train.weight_decay, mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)),
+        optax.add_decayed_weights(train.weight_decay, mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)),
     )
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))
-def train_step(state: JaxTrainState,
-               batch: Mapping[str, Array]) -> tuple[JaxTrainState, dict[str, Array]]:
+def train_step(state: JaxTrainState, batch: Mapping[str, Array]) -> tuple[JaxTrainState, dict[str, Array]]:
     """One AdamW update; pure, jitted once per (model, train) configuration.
     The state passed in is donated: use the returned one."""
     train, config = state.train, state.params.config
+    # Dropout masks depend on (seed, step) only, so runs are reproducible and resumable.
+    # "rbg" (XLA's RngBitGenerator) compiles several times faster than threefry on CPU.
     dropout_rng = jax.random.fold_in(jax.random.key(train.seed, impl="rbg"), state.step)
 
     def loss_fn(tree: Any) -> tuple[Array, dict[str, Array]]:
-        logits = cast(Array, GPT(config).apply({"params": tree}, batch["inputs"],
-                                               deterministic=False,
-                                               rngs={"dropout": dropout_rng}))
+        logits = cast(
+            Array,
+            GPT(config).apply(
+                {"params": tree}, batch["inputs"], deterministic=False, rngs={"dropout": dropout_rng}
+            ),
+        )
         losses = compute_losses(logits, batch, train)
         return losses["loss"], losses
 
@@ -203,8 +203,8 @@ def train_step(state: JaxTrainState,
     lr = learning_rate(state.step, train)
     tree = jax.tree.map(lambda p, u: p - lr * u, state.params.tree, updates)
     new_state = dataclasses.replace(
-        state, step=state.step + 1, params=dataclasses.replace(state.params, tree=tree),
-        opt_state=opt_state)
+        state, step=state.step + 1, params=dataclasses.replace(state.params, tree=tree), opt_state=opt_state
+    )
     return new_state, {**losses, "grad_norm": optax.tree.norm(grads), "lr": lr}
 
 
@@ -221,10 +221,10 @@ class JaxBackend(Backend):
     name = "jax"
     optimizer_files = (OPTIMIZER_FILE,)
 
-    def _batch(self, batch: Batch) -> dict[str, Array]:
+    def _batch(self, batch: Batch, vocab_size: int) -> dict[str, Array]:
         out = {
-            "inputs": jnp.asarray(batch["inputs"], jnp.int32),
-            "targets": jnp.asarray(batch["targets"], jnp.int32),
+            "inputs": jnp.asarray(check_ids(batch["inputs"], vocab_size, "inputs")),
+            "targets": jnp.asarray(check_ids(batch["targets"], vocab_size, "targets")),
             "weights": jnp.asarray(batch["weights"], jnp.float32),
         }
         if batch.get("allowed") is not None:
@@ -246,42 +246,53 @@ class JaxBackend(Backend):
     # ----------------------------------------------------------------- inference
 
     def logits(self, params: JaxParams, ids: np.ndarray) -> np.ndarray:
-        return np.asarray(forward(params, jnp.asarray(ids, jnp.int32)))
+        ids_j = jnp.asarray(check_ids(ids, params.config.vocab_size))
+        return np.asarray(forward(params, ids_j))
 
-    def prefill(self, params: JaxParams, ids: np.ndarray, cache_len: int | None = None,
-                lengths: np.ndarray | None = None) -> tuple[np.ndarray, JaxKVCache]:
-        ids_j = jnp.asarray(ids, jnp.int32)
+    def prefill(
+        self,
+        params: JaxParams,
+        ids: np.ndarray,
+        cache_len: int | None = None,
+        lengths: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, JaxKVCache]:
+        ids_j = jnp.asarray(check_ids(ids, params.config.vocab_size))
         B, T = ids_j.shape
         cache_len = cache_len or params.config.max_len
         if not T <= cache_len <= params.config.max_len:
-            raise ValueError(f"need prompt length {T} <= cache_len {cache_len} <= max_len "
-                             f"{params.config.max_len}")
-        lengths_j = jnp.full((B,), T, jnp.int32) if lengths is None else jnp.asarray(
-            lengths, jnp.int32)
+            raise ValueError(
+                f"need prompt length {T} <= cache_len {cache_len} <= max_len {params.config.max_len}"
+            )
+        lengths_j = jnp.full((B,), T, jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
         logits, cache = prefill(params, ids_j, lengths_j, cache_len)
         return np.asarray(logits), cache
 
-    def decode_step(self, params: JaxParams, token: np.ndarray, cache: JaxKVCache,
-                    position: int | np.ndarray) -> tuple[np.ndarray, JaxKVCache]:
-        token_j = jnp.asarray(token, jnp.int32)
-        positions = jnp.broadcast_to(jnp.asarray(position, jnp.int32), token_j.shape)
+    def decode_step(
+        self, params: JaxParams, token: np.ndarray, cache: JaxKVCache, position: int | np.ndarray
+    ) -> tuple[np.ndarray, JaxKVCache]:
+        token_j = jnp.asarray(check_ids(token, params.config.vocab_size))
+        positions = jnp.asarray(check_positions(position, len(token_j), cache.k.shape[3]))
         logits, cache = decode_step(params, token_j, cache, positions)
         return np.asarray(logits), cache
 
     # ----------------------------------------------------------------- training
 
     def evaluate(self, params: JaxParams, batch: Batch, train: TrainConfig) -> dict[str, float]:
-        return _floats(evaluate(params, self._batch(batch), train))
+        return _floats(evaluate(params, self._batch(batch, params.config.vocab_size), train))
 
     def init_state(self, params: JaxParams, train: TrainConfig, step: int = 0) -> JaxTrainState:
         # copy: train_step donates the state, the caller keeps its params
         tree = jax.tree.map(jnp.array, params.tree)
-        return JaxTrainState(jnp.asarray(step, jnp.int32), dataclasses.replace(params, tree=tree),
-                             make_optimizer(train).init(tree), train)
+        return JaxTrainState(
+            jnp.asarray(step, jnp.int32),
+            dataclasses.replace(params, tree=tree),
+            make_optimizer(train).init(tree),
+            train,
+        )
 
-    def train_step(self, state: JaxTrainState,
-                   batch: Batch) -> tuple[JaxTrainState, dict[str, float]]:
-        state, metrics = train_step(state, self._batch(batch))
+    def train_step(self, state: JaxTrainState, batch: Batch) -> tuple[JaxTrainState, dict[str, float]]:
+        batch_j = self._batch(batch, state.params.config.vocab_size)
+        state, metrics = train_step(state, batch_j)
         return state, _floats(metrics)
 
     def state_params(self, state: JaxTrainState) -> JaxParams:
@@ -299,8 +310,7 @@ class JaxBackend(Backend):
         metadata = {"step": str(int(state.step))}
         return {OPTIMIZER_FILE: lambda tmp: save_file(arrays, str(tmp), metadata=metadata)}
 
-    def _restore_optimizer(self, state: JaxTrainState,
-                           info: ckpt.CheckpointInfo) -> JaxTrainState:
+    def _restore_optimizer(self, state: JaxTrainState, info: ckpt.CheckpointInfo) -> JaxTrainState:
         path = ckpt.file_path(info, OPTIMIZER_FILE)
         assert path is not None
         try:
@@ -310,8 +320,9 @@ class JaxBackend(Backend):
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{path}: truncated or corrupted ({exc})") from None
         if metadata.get("step") != str(info.step):
-            raise CheckpointError(f"{path}: optimizer is at step {metadata.get('step')} but "
-                                  f"{ckpt.CONFIG_FILE} says {info.step}")
+            raise CheckpointError(
+                f"{path}: optimizer is at step {metadata.get('step')} but {ckpt.CONFIG_FILE} says {info.step}"
+            )
         template, treedef = jax.tree_util.tree_flatten_with_path(state.opt_state)
         leaves = []
         for key_path, leaf in template:
@@ -319,8 +330,8 @@ class JaxBackend(Backend):
             arr = stored.get(key)
             if arr is None or arr.shape != leaf.shape or arr.dtype != leaf.dtype:
                 found = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
-                raise CheckpointError(f"{path}: optimizer entry {key} is {found}, expected "
-                                      f"{leaf.dtype}{list(leaf.shape)}")
+                raise CheckpointError(
+                    f"{path}: optimizer entry {key} is {found}, expected {leaf.dtype}{list(leaf.shape)}"
+                )
             leaves.append(jnp.asarray(arr))
-        return dataclasses.replace(
-            state, opt_state=jax.tree_util.tree_unflatten(treedef, leaves))
+        return dataclasses.replace(state, opt_state=jax.tree_util.tree_unflatten(treedef, leaves))

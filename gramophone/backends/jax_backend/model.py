@@ -51,8 +51,15 @@ class CausalSelfAttention(nn.Module):
         self.attn_drop = nn.Dropout(cfg.dropout)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def __call__(self, x: Array, mask: Array, *, deterministic: bool,
-                 cache: KV | None = None, positions: Array | None = None) -> tuple[Array, KV]:
+    def __call__(
+        self,
+        x: Array,
+        mask: Array,
+        *,
+        deterministic: bool,
+        cache: KV | None = None,
+        positions: Array | None = None,
+    ) -> tuple[Array, KV]:
         """``x`` (B, T, C); ``mask`` broadcastable to (B, nh, T, S), true where a key is
         visible. With ``cache`` (k, v) each (B, nh, S, hs) and T == 1: write this token's
         key/value at ``positions`` (B,) and attend to the cache.
@@ -99,10 +106,16 @@ class Block(nn.Module):
         self.ln2 = _layer_norm()
         self.mlp = MLP(self.config)
 
-    def __call__(self, x: Array, mask: Array, *, deterministic: bool,
-                 cache: KV | None = None, positions: Array | None = None) -> tuple[Array, KV]:
-        a, kv = self.attn(self.ln1(x), mask, deterministic=deterministic,
-                          cache=cache, positions=positions)
+    def __call__(
+        self,
+        x: Array,
+        mask: Array,
+        *,
+        deterministic: bool,
+        cache: KV | None = None,
+        positions: Array | None = None,
+    ) -> tuple[Array, KV]:
+        a, kv = self.attn(self.ln1(x), mask, deterministic=deterministic, cache=cache, positions=positions)
         x = x + a
         x = x + self.mlp(self.ln2(x), deterministic=deterministic)
         return x, kv
@@ -162,8 +175,9 @@ class GPT(nn.Module):
         mask = (jnp.arange(S)[None, :] <= positions[:, None])[:, None, None, :]  # (B,1,1,S)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
-            x, (k, v) = block(x, mask, deterministic=True,
-                              cache=(cache[0][i], cache[1][i]), positions=positions)
+            x, (k, v) = block(
+                x, mask, deterministic=True, cache=(cache[0][i], cache[1][i]), positions=positions
+            )
             ks.append(k)
             vs.append(v)
         return self.head(self.ln_f(x[:, 0])), (jnp.stack(ks), jnp.stack(vs))  # (B, V)

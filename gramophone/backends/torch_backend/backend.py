@@ -23,7 +23,7 @@ import torch.nn.functional as F  # noqa: N812 (the usual torch spelling)
 from torch import Tensor
 
 from gramophone.backends import checkpoint as ckpt
-from gramophone.backends.base import Backend, Batch
+from gramophone.backends.base import Backend, Batch, check_ids, check_positions
 from gramophone.backends.config import ModelConfig, TrainConfig, learning_rate
 from gramophone.backends.torch_backend.model import GPT, KVCache
 from gramophone.errors import CheckpointError
@@ -44,8 +44,7 @@ class TorchTrainState:
     step: int = 0
 
 
-def compute_losses(logits: Tensor, batch: Mapping[str, Tensor],
-                   train: TrainConfig) -> dict[str, Tensor]:
+def compute_losses(logits: Tensor, batch: Mapping[str, Tensor], train: TrainConfig) -> dict[str, Tensor]:
     """Weighted-mean losses (scalars) of ``logits`` (B, T, V) against ``batch``; the same
     formulas as :mod:`gramophone.backends.losses_ref`."""
     targets, weights = batch["targets"].long(), batch["weights"].float()
@@ -102,7 +101,9 @@ class TorchBackend(Backend):
             arr = arr.copy()
         return torch.as_tensor(arr, device=self.device).to(dtype)
 
-    def _batch(self, batch: Batch) -> dict[str, Tensor]:
+    def _batch(self, batch: Batch, vocab_size: int) -> dict[str, Tensor]:
+        check_ids(batch["inputs"], vocab_size, "inputs")
+        check_ids(batch["targets"], vocab_size, "targets")
         out = {
             "inputs": self._tensor(batch["inputs"], torch.long),
             "targets": self._tensor(batch["targets"], torch.long),
@@ -126,15 +127,13 @@ class TorchBackend(Backend):
         return params.config
 
     def to_numpy(self, params: GPT) -> dict[str, np.ndarray]:
-        return {k: v.detach().to("cpu", torch.float32).numpy().copy()
-                for k, v in params.state_dict().items()}
+        return {k: v.detach().to("cpu", torch.float32).numpy().copy() for k, v in params.state_dict().items()}
 
     def from_numpy(self, weights: Mapping[str, np.ndarray], config: ModelConfig) -> GPT:
         ckpt.check_weights(weights, config, "weights")
         with self._seeded(0):  # construction draws default inits we overwrite
             model = GPT(config)
-        model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32))
-                               for k, v in weights.items()})
+        model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in weights.items()})
         return model.to(self.device)
 
     # ----------------------------------------------------------------- inference
@@ -142,23 +141,26 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def logits(self, params: GPT, ids: np.ndarray) -> np.ndarray:
         params.eval()
+        ids = check_ids(ids, params.config.vocab_size)
         return params(self._tensor(ids, torch.long)).float().cpu().numpy()
 
     @torch.inference_mode()
-    def prefill(self, params: GPT, ids: np.ndarray, cache_len: int | None = None,
-                lengths: np.ndarray | None = None) -> tuple[np.ndarray, KVCache]:
+    def prefill(
+        self, params: GPT, ids: np.ndarray, cache_len: int | None = None, lengths: np.ndarray | None = None
+    ) -> tuple[np.ndarray, KVCache]:
         params.eval()
-        ids_t = self._tensor(ids, torch.long)
+        ids_t = self._tensor(check_ids(ids, params.config.vocab_size), torch.long)
         lengths_t = None if lengths is None else self._tensor(lengths, torch.long)
         logits, cache = params.prefill(ids_t, cache_len or params.config.max_len, lengths_t)
         return logits.float().cpu().numpy(), cache
 
     @torch.inference_mode()
-    def decode_step(self, params: GPT, token: np.ndarray, cache: KVCache,
-                    position: int | np.ndarray) -> tuple[np.ndarray, KVCache]:
+    def decode_step(
+        self, params: GPT, token: np.ndarray, cache: KVCache, position: int | np.ndarray
+    ) -> tuple[np.ndarray, KVCache]:
         params.eval()
-        token_t = self._tensor(token, torch.long)
-        pos = self._tensor(np.broadcast_to(np.asarray(position), token_t.shape), torch.long)
+        token_t = self._tensor(check_ids(token, params.config.vocab_size), torch.long)
+        pos = self._tensor(check_positions(position, len(token_t), cache.cache_len), torch.long)
         logits, cache = params.decode_step(token_t, cache, pos)
         return logits.float().cpu().numpy(), cache
 
@@ -167,29 +169,34 @@ class TorchBackend(Backend):
     @torch.no_grad()
     def evaluate(self, params: GPT, batch: Batch, train: TrainConfig) -> dict[str, float]:
         params.eval()
-        b = self._batch(batch)
+        b = self._batch(batch, params.config.vocab_size)
         return {k: float(v) for k, v in compute_losses(params(b["inputs"]), b, train).items()}
 
     def init_state(self, params: GPT, train: TrainConfig, step: int = 0) -> TorchTrainState:
         decay = [p for p in params.parameters() if p.dim() >= 2]  # matrices, embedding
         no_decay = [p for p in params.parameters() if p.dim() < 2]  # biases, LayerNorm
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": train.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps,
+            [
+                {"params": decay, "weight_decay": train.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=train.lr,
+            betas=(train.beta1, train.beta2),
+            eps=train.eps,
         )
         for group in optimizer.param_groups:
             group["initial_lr"] = train.lr
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: learning_rate(s, train) / train.lr, last_epoch=step - 1,
+            optimizer,
+            lambda s: learning_rate(s, train) / train.lr,
+            last_epoch=step - 1,
         )
         return TorchTrainState(params, optimizer, scheduler, train, step)
 
-    def train_step(self, state: TorchTrainState,
-                   batch: Batch) -> tuple[TorchTrainState, dict[str, float]]:
+    def train_step(self, state: TorchTrainState, batch: Batch) -> tuple[TorchTrainState, dict[str, float]]:
         model, train = state.model, state.train
         model.train()
-        b = self._batch(batch)
+        b = self._batch(batch, model.config.vocab_size)
         lr = state.scheduler.get_last_lr()[0]
         with self._seeded(train.seed * 1_000_003 + state.step):  # dropout masks
             losses = compute_losses(model(b["inputs"]), b, train)
@@ -217,8 +224,7 @@ class TorchBackend(Backend):
         payload = {"optimizer": state.optimizer.state_dict(), "step": state.step}
         return {OPTIMIZER_FILE: lambda tmp: torch.save(payload, tmp)}
 
-    def _restore_optimizer(self, state: TorchTrainState,
-                           info: ckpt.CheckpointInfo) -> TorchTrainState:
+    def _restore_optimizer(self, state: TorchTrainState, info: ckpt.CheckpointInfo) -> TorchTrainState:
         path = ckpt.file_path(info, OPTIMIZER_FILE)
         assert path is not None
         try:
@@ -227,6 +233,7 @@ class TorchBackend(Backend):
         except Exception as exc:  # torch raises many kinds on a bad file
             raise CheckpointError(f"{path}: cannot restore the optimizer ({exc})") from None
         if payload.get("step") != info.step:
-            raise CheckpointError(f"{path}: optimizer is at step {payload.get('step')} but "
-                                  f"{ckpt.CONFIG_FILE} says {info.step}")
+            raise CheckpointError(
+                f"{path}: optimizer is at step {payload.get('step')} but {ckpt.CONFIG_FILE} says {info.step}"
+            )
         return state

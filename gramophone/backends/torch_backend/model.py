@@ -48,9 +48,13 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.resid_drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None,
-                cache: tuple[Tensor, Tensor] | None = None,
-                positions: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        cache: tuple[Tensor, Tensor] | None = None,
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``x`` (B, T, C). Without ``cache``: causal attention over the T positions.
         With ``cache`` (k, v) each (B, nh, S, hs) and T == 1: write this token's key/value
         at ``positions`` (B,) in place, attend where ``mask`` (B, 1, 1, S) is true.
@@ -96,9 +100,13 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.d_model, eps=LN_EPS)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None,
-                cache: tuple[Tensor, Tensor] | None = None,
-                positions: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        cache: tuple[Tensor, Tensor] | None = None,
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         a, kv = self.attn(self.ln1(x), mask, cache, positions)
         x = x + a
         x = x + self.mlp(self.ln2(x))
@@ -113,7 +121,8 @@ class GPT(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.register_buffer(
-            "pos_enc", torch.from_numpy(sinusoidal_positions(config.max_len, config.d_model)),
+            "pos_enc",
+            torch.from_numpy(sinusoidal_positions(config.max_len, config.d_model)),
             persistent=False,
         )  # (max_len, C), fixed
         self.drop = nn.Dropout(config.dropout)
@@ -134,14 +143,14 @@ class GPT(nn.Module):
             x, _ = block(x)
         return self.head(self.ln_f(x))  # (B, T, V)
 
-    def prefill(self, ids: Tensor, cache_len: int,
-                lengths: Tensor | None = None) -> tuple[Tensor, KVCache]:
+    def prefill(self, ids: Tensor, cache_len: int, lengths: Tensor | None = None) -> tuple[Tensor, KVCache]:
         """Run the prompt ``ids`` (B, T) and return the logits after position
         ``lengths - 1`` (B, V) and a cache of ``cache_len`` positions, [0, T) filled."""
         B, T = ids.shape
         if not T <= cache_len <= self.config.max_len:
-            raise ValueError(f"need prompt length {T} <= cache_len {cache_len} <= max_len "
-                             f"{self.config.max_len}")
+            raise ValueError(
+                f"need prompt length {T} <= cache_len {cache_len} <= max_len {self.config.max_len}"
+            )
         L, nh, hs = self.config.n_layers, self.config.n_heads, self.config.head_dim
         cache = KVCache(
             ids.new_zeros((L, B, nh, cache_len, hs), dtype=self.pos_enc.dtype),
@@ -156,8 +165,7 @@ class GPT(nn.Module):
         x = x[torch.arange(B, device=ids.device), last]  # (B, C)
         return self.head(self.ln_f(x)), cache  # (B, V)
 
-    def decode_step(self, token: Tensor, cache: KVCache,
-                    positions: Tensor) -> tuple[Tensor, KVCache]:
+    def decode_step(self, token: Tensor, cache: KVCache, positions: Tensor) -> tuple[Tensor, KVCache]:
         """Feed ``token`` (B,) at ``positions`` (B,); returns logits (B, V) for the next
         position. ``cache`` is updated in place (and returned)."""
         S = cache.cache_len
