@@ -1,4 +1,4 @@
-"""Real data: all of music21's Bach chorales (371 numbers, 350 distinct files), under every supported config."""
+"""Real data: all of music21's Bach chorales (350 distinct files), under every supported config."""
 
 from __future__ import annotations
 

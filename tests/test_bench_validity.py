@@ -1,0 +1,69 @@
+"""The suite's validity judge and musical statistics (gramophone.bench), against miditok."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gramophone.bench.music_stats import STATS, mean_stats, piece_stats
+from gramophone.bench.validity import error_counts, is_valid, strip_specials
+from tests.conftest import tokenizer_for
+
+
+def _miditok_count(tok, names: list[str]) -> int:  # type: ignore[no-untyped-def]
+    """miditok's raw error count (``_tokens_errors``) after its own ``complete_sequence``."""
+    from miditok import TokSequence
+
+    body = strip_specials(tok, names)
+    if not body:
+        return 0
+    seq = TokSequence(tokens=copy.copy(body))
+    tok.complete_sequence(seq)
+    return int(tok._tokens_errors(seq.tokens))
+
+
+@pytest.mark.parametrize("name", ["shipped", "default", "programs"])
+@given(data=st.data())
+def test_kinds_sum_to_miditok_count(name: str, data: st.DataObject) -> None:
+    tok = tokenizer_for(name)
+    vocab = list(tok.vocab)
+    names = data.draw(st.lists(st.sampled_from(vocab), max_size=60))
+    counts = error_counts(tok, names)
+    assert counts["type"] + counts["time"] + counts["note"] == _miditok_count(tok, names)
+
+
+def test_real_chorales_are_valid_and_corruptions_are_not(chorale_midis: list) -> None:  # type: ignore[type-arg]
+    from symusic import Score
+
+    from gramophone.tokenizers import encode_score
+
+    tok = tokenizer_for("shipped")
+    for path in chorale_midis[:20]:
+        (ids,) = encode_score(tok, Score(str(path)))
+        assert is_valid(tok, ids), path
+        names = [tok[i] for i in ids]
+        pos = [i for i, t in enumerate(names) if t.startswith("Position_") and t != "Position_0"]
+        # a position beyond the bar: not a miditok error, but invalid here
+        beyond = [*names[: pos[0]], "Position_47", *names[pos[0] + 1 :]]
+        assert error_counts(tok, beyond)["bar"] == 1
+        assert not is_valid(tok, [tok.vocab[t] for t in beyond])
+        # a duplicated note
+        p = names.index("Pitch_" + names[pos[0] + 1].split("_")[1], pos[0])
+        dup = [*names[: p + 3], *names[p : p + 3], *names[p + 3 :]]
+        assert error_counts(tok, dup)["note"] >= 1
+        assert not is_valid(tok, [tok.vocab[t] for t in dup])
+
+
+def test_music_stats_on_chorales(chorale_midis: list) -> None:  # type: ignore[type-arg]
+    from symusic import Score
+
+    stats = mean_stats(piece_stats(Score(str(p))) for p in chorale_midis[:30])
+    assert set(stats) == set(STATS)
+    # four-part chorales: about four voices, tonal, few silent beats
+    assert 3.0 < stats["polyphony"] < 4.5
+    assert stats["scale_consistency"] > 0.85
+    assert 2.0 < stats["pitch_class_entropy"] < 3.585
+    assert 0.0 <= stats["empty_beat_rate"] < 0.2
