@@ -211,6 +211,23 @@ def test_no_dead_ends_along_long_walks(name: str, seed: int, length: int) -> Non
     assert auto.accepts(ids)
 
 
+def test_no_dead_end_after_a_programs_highest_pitch() -> None:
+    """Regression (found by the walks above): after a program's highest pitch at an onset,
+    its Program token may not come back (nothing could follow it)."""
+    auto = automaton_for("combo-controls")
+    ix = auto.token_index
+    top = max(int(t.split("_")[1]) for t in ix if t.startswith("Pitch_"))
+    head = ["Bar_None", "TimeSig_4/4", "Position_0", "Program_127", f"Pitch_{top}", "Velocity_63"]
+    duration = next(t for t in ix if t.startswith("Duration_"))
+    states = auto.start_states
+    for tok in [*head, duration]:
+        states = auto.step(states, ix[tok])
+        assert states is not None
+    allowed = auto.allowed(states)
+    assert not allowed[ix["Program_127"]]
+    assert allowed[ix["Position_1"]]
+
+
 # -- property 5: miditok's own verdict on random walks ---------------------------------------
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 @settings(max_examples=25)

@@ -188,6 +188,12 @@ def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
                 T[:, v] = REJECT
                 continue
             same = prog_of == j
+            if kind == "Program":
+                # Back to the same program only if a higher pitch is left for it: after a
+                # Program token the syntax wants its pitch bend, chord or note, and the
+                # first two only come before the program's first note. Without this the
+                # lockstep product would have a dead end after its highest pitch.
+                same &= last_of < n_last - 1
             later = prog_of < j  # includes none (0)
             T[:, v] = np.where(same, identity, np.where(later, j * n_last, REJECT))
         else:

@@ -8,11 +8,13 @@ gramophone supports; :func:`derive` narrows it to one config and refuses, with a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gramophone._paths import cache_dir
@@ -145,10 +147,22 @@ def derive(tokenizer: MusicTokenizer) -> RemiGrammar:
     )
 
 
+@functools.cache
+def _code_hash() -> str:
+    """Hash of the modules that build automata: a cache entry never outlives a code change
+    (between releases too, where the version alone would not notice)."""
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in ("fsa.py", "compiler.py", "constraints.py", "automaton.py", "remi.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _cache_key(vocab: list[str], grammar: RemiGrammar) -> str:
     payload = json.dumps(
         {
             "version": __version__,
+            "code": _code_hash(),
             "vocab": vocab,
             "grammar": asdict(grammar),
         },
