@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
+    "DecodingError",
     "GrammarError",
     "GramophoneError",
     "TokenFileError",
@@ -34,6 +35,11 @@ class TokenFileError(GramophoneError, ValueError):
 
 class CheckpointError(GramophoneError, ValueError):
     """A checkpoint is missing, truncated, corrupted or does not match the tokenizer."""
+
+
+class DecodingError(GramophoneError, ValueError):
+    """Decoding cannot start: invalid sampling options, a prompt that is not a valid prefix,
+    a budget too small for the shortest valid piece."""
 
 
 class BackendUnavailableError(GramophoneError, ImportError):

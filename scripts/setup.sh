@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Debian's libfluidsynth3 when missing, a virtual environment in .venv,
 # and the package with every extra (torch pinned to 2.13.0, the CPU wheel).
+# `scripts/setup.sh bench` adds the peer engines of the benchmark suite (xgrammar,
+# outlines-core, llguidance); the test script does, so that their grammars are tested.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,9 +20,11 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-stamp=.venv/.gramophone-installed
+extras="torch,jax,data,audio,dev${1:+,$1}"
+stamp=".venv/.gramophone-installed-${extras//,/-}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing gramophone[$extras] into .venv (a few minutes the first time)" >&2
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[torch,jax,data,audio,dev]"
+    .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[$extras]"
     touch "$stamp"
 fi

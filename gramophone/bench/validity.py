@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["KINDS", "error_counts", "is_valid", "miditok_error_ratio", "strip_specials"]
+__all__ = ["KINDS", "Verdict", "error_counts", "is_valid", "judge", "miditok_error_ratio", "strip_specials"]
 
 KINDS = ("type", "time", "note", "bar")
 _NOTE_TYPES = ("Pitch", "NoteOn", "PitchDrum")
@@ -114,3 +115,33 @@ def is_valid(tokenizer: Any, ids: Sequence[int]) -> bool:
     names = [tokenizer[int(i)] for i in ids]
     counts = error_counts(tokenizer, names)
     return miditok_error_ratio(tokenizer, ids) == 0.0 and counts["time"] == 0 and counts["bar"] == 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement of one sampled stream: ``valid``, errors by kind, generated tokens."""
+
+    valid: bool
+    counts: dict[str, int]
+    tokens: int
+
+
+def judge(tokenizer: Any, ids: Sequence[int]) -> Verdict:
+    """Judge a sampled stream (BOS first, EOS last when present): :func:`is_valid` on the
+    body, and a special token inside the body is one more ``type`` error (and invalid)."""
+    names = [tokenizer[int(i)] for i in ids]
+    if names and names[0] == "BOS_None":
+        names = names[1:]
+    if names and names[-1] == "EOS_None":
+        names = names[:-1]
+    body = strip_specials(tokenizer, names)
+    counts = error_counts(tokenizer, body)
+    counts["type"] += len(names) - len(body)
+    body_ids = [tokenizer.vocab[t] for t in body]
+    valid = (
+        len(body) == len(names)
+        and miditok_error_ratio(tokenizer, body_ids) == 0.0
+        and counts["time"] == 0
+        and counts["bar"] == 0
+    )
+    return Verdict(valid, counts, len(names))

@@ -1,0 +1,80 @@
+"""Mask step and compile time against the peer engines (xgrammar, outlines-core, llguidance).
+
+Writes ``benchmarks/results/peers.json`` and ``peers.md`` (or ``--out DIR``): the records of
+:mod:`gramophone.bench.peers`, the machine they were measured on, and what each peer's
+grammar cannot express. Peers come with ``pip install 'gramophone[bench]'``; one that is
+not installed is recorded as ``missing``.
+
+    .venv/bin/python benchmarks/bench_peers.py [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from gramophone.bench import peers
+from gramophone.bench.common import machine
+
+
+def machine_lines(m: dict[str, Any]) -> list[str]:
+    libs = ", ".join(f"{k} {v}" for k, v in m.get("libraries", {}).items() if v)
+    missing = ", ".join(k for k, v in m.get("libraries", {}).items() if not v)
+    lines = [
+        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB, no GPU; "
+        f"{m.get('platform')}, Python {m.get('python')}.",
+        "",
+        f"Libraries: {libs}" + (f"; not installed: {missing}." if missing else "."),
+    ]
+    if m.get("load_average"):
+        lines += [
+            "",
+            f"Load average (1, 5, 15 min) when the run started: {m['load_average']}, when it "
+            f"ended: {m.get('load_average_end')} (the machine is shared: a busy machine slows "
+            "every system, so compare figures within one run).",
+        ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
+    args = parser.parse_args(argv)
+    m = machine()
+    if hasattr(os, "getloadavg"):  # the machine may be shared: say how busy it was
+        m["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    try:
+        m["libraries"]["numba"] = metadata.version("numba")
+    except metadata.PackageNotFoundError:
+        m["libraries"]["numba"] = None
+    t0 = time.perf_counter()
+    records = peers.run(quick=args.quick)
+    if hasattr(os, "getloadavg"):
+        m["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results = {
+        "machine": m,
+        "quick": args.quick,
+        "seconds": round(time.perf_counter() - t0),
+        "records": records,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "peers.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    lines = ["# Mask step and compile time against the peer engines", ""]
+    if args.quick:
+        lines += ["*Quick run: fewer steps and repeats; figures are indicative only.*", ""]
+    lines += [*machine_lines(m), "", *peers.markdown(records)]
+    (out / "peers.md").write_text("\n".join(lines))
+    sys.stdout.write("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

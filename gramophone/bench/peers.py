@@ -1,0 +1,896 @@
+"""Mask step and compile time: gramophone against the peer engines, on one REMI language.
+
+Two questions, one record each (see :mod:`gramophone.bench`):
+
+- ``mask_step`` (``us_per_step``, at ``batch`` 1 and 64): the cost, per decoding step and
+  for the whole batch, of computing the next-token mask, applying it to a ``float32[B, V]``
+  logits array, choosing the token (argmax of the masked logits) and advancing the state.
+- ``compile`` (``ms``): from grammar text to a first mask; ``cache`` says whether a cache
+  was cold or warm.
+
+Systems:
+
+- ``gramophone-numpy``: the :class:`~gramophone.grammar.Automaton`'s components in
+  lockstep (mask = AND of one row per component, ``np.where``, one gather per component);
+- ``gramophone-torch`` / ``gramophone-jax``: the dense product table ``int32[S, V]`` on the
+  framework's arrays (gather the row by state, ``where(row != reject, logits, -inf)``,
+  argmax, the next state read from the same row); JAX runs the steps in one jitted
+  ``lax.scan`` (``loop="lax.scan"``) and, for reference, one jitted step per Python call
+  (``loop="python"``);
+- ``xgrammar`` (EBNF), ``llguidance`` (lark), ``outlines-core`` (regex): their documented
+  matcher APIs, the bitmask filled per stream and applied with the peer's own kernel.
+
+Every system walks the same real chorale streams (the first tokens of ``batch`` streams of
+the shipped config): the logits of each step are noise with the stream's next token on
+top, so the argmax of the masked logits *is* the real token and every system visits the
+same states; a system whose mask rejects a real token is recorded with ``status: "error"``.
+Timing: one untimed warm-up pass (JIT, caches), then the median of ``repeats`` passes, each
+from fresh matchers/states, divided by the number of steps. Frameworks and peers are
+imported inside the functions that use them; a peer that is not installed gives records
+with ``value: null`` and ``status: "missing"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import pickle
+import statistics
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from gramophone.bench.common import markdown_table, record, timed
+from gramophone.bench.peer_grammars import (
+    LEVELS,
+    RemiTokens,
+    peer_tokens,
+    remi_grammar,
+    render,
+)
+from gramophone.grammar import REJECT, Automaton, Component
+
+__all__ = [
+    "BATCHES",
+    "CANNOT_EXPRESS",
+    "COMPARED_LEVEL",
+    "DIALECT",
+    "OURS",
+    "PEERS",
+    "PeerEngine",
+    "compile_records",
+    "grammar_text",
+    "markdown",
+    "mask_step_records",
+    "missing_records",
+    "peer_available",
+    "peer_engine",
+    "run",
+]
+
+#: Peer engines and the modules each needs (the ``bench`` extra installs them): xgrammar
+#: masks torch tensors, outlines-core's numpy kernels are numba functions.
+PEERS: dict[str, tuple[str, ...]] = {
+    "xgrammar": ("xgrammar", "torch"),
+    "outlines-core": ("outlines_core", "numba"),
+    "llguidance": ("llguidance",),
+}
+#: gramophone's steppers and the framework each needs (none: numpy only).
+OURS: dict[str, tuple[str, ...]] = {
+    "gramophone-numpy": (),
+    "gramophone-torch": ("torch",),
+    "gramophone-jax": ("jax",),
+}
+BATCHES = (1, 64)
+#: The grammar text each peer reads.
+DIALECT = {"xgrammar": "ebnf", "llguidance": "lark", "outlines-core": "regex"}
+#: How each peer's grammar writes ascending pitches (the faster form for it, measured:
+#: xgrammar's step is ~20% faster with the automaton's rules, llguidance's ~35% faster with
+#: divide and conquer; a regex can only inline divide and conquer).
+NOTE_ORDER_FORM = {"xgrammar": "automaton", "llguidance": "divide", "outlines-core": "divide"}
+#: The level each peer is compared on: the whole language (syntax, time, note order).
+COMPARED_LEVEL = {"xgrammar": "full", "llguidance": "full", "outlines-core": "full"}
+#: With ``quick``, outlines-core is compared on a smaller level (the full regex takes ~40 s).
+QUICK_LEVEL = {"outlines-core": "syntax+time"}
+
+#: What each peer's grammar cannot express, or what it costs to express it (for the report).
+CANNOT_EXPRESS: dict[str, str] = {
+    "xgrammar": (
+        "Nothing, for the shipped config: EBNF has rules, so the time constraint is one chain "
+        "of optional (Position_i notes) per time signature, positions in increasing order and "
+        "below the bar's length, and the note order is the note-order automaton written as "
+        "one rule per last pitch; the full grammar accepts exactly gramophone's language. "
+        "Not written for any peer: rests (time carried across bar lines by note ends), "
+        "tempos, chords, programs, pedals and pitch bends; such configs raise "
+        "UnsupportedConfigError in gramophone.bench.peer_grammars."
+    ),
+    "llguidance": (
+        "Nothing, for the shipped config: the same language in llguidance's lark, each group "
+        "of tokens one terminal (one lexeme), the note order by divide and conquer (faster "
+        "for its Earley parser than one rule per last pitch). Its byte forcing must be off "
+        '(%llguidance {"no_forcing": true}): forced bytes such as "Velocity_" cannot be '
+        "spelled by our tokens (there are no byte tokens), and with forcing on the mask keeps "
+        "a single token. Same config limits as xgrammar."
+    ),
+    "outlines-core": (
+        "Nothing, for the shipped config, but at a price: a regex has no rules, so what a "
+        "grammar shares by name is copied. The notes expression is copied into each of the "
+        "184 (time signature, position) slots of the time chain, and ascending pitches are "
+        "written by divide and conquer (n log n pitch units); with both constraints the "
+        "regex is 4.6 MB and outlines-core compiles it into a 160,821-state index in tens of "
+        "seconds (see the compile table). `--quick` compares it on syntax+time. Same config "
+        "limits as xgrammar."
+    ),
+}
+
+
+def _missing_module(system: str) -> str | None:
+    """The first module ``system`` needs that cannot be imported (None: all can)."""
+    for module in PEERS.get(system) or OURS[system]:
+        try:
+            if importlib.util.find_spec(module) is None:
+                return module
+        except (ImportError, ValueError):  # e.g. sys.modules[module] is None
+            return module
+    return None
+
+
+def peer_available(system: str) -> bool:
+    """Whether every module a peer (or one of our framework steppers) needs is installed."""
+    return _missing_module(system) is None
+
+
+def missing_records(system: str) -> list[dict[str, Any]]:
+    """The records of a system that is not installed: ``value`` null, ``status`` missing."""
+    module = _missing_module(system) or (PEERS.get(system) or OURS[system] or ("?",))[0]
+    extra = "bench" if system in PEERS else module
+    notes = f"{module} is not installed (pip install 'gramophone[{extra}]')"
+    out = [
+        record("mask_step", system, "us_per_step", None, "us", batch=b, status="missing", notes=notes)
+        for b in BATCHES
+    ]
+    if system in PEERS:
+        out.append(record("compile", system, "ms", None, "ms", cache="cold", status="missing", notes=notes))
+    return out
+
+
+def grammar_text(system: str, tokens: RemiTokens, level: str) -> str:
+    """The grammar ``system`` reads for the REMI language at ``level``."""
+    return render(remi_grammar(tokens, level, note_order=NOTE_ORDER_FORM[system]), DIALECT[system])
+
+
+# -- systems -----------------------------------------------------------------------------------
+class _Stepper(ABC):
+    """One system's decoding loop: ``inputs`` and ``prepare`` untimed, ``steps`` timed."""
+
+    #: How a step is done (the records' ``notes``).
+    how = ""
+
+    def inputs(self, logits: np.ndarray) -> Any:
+        """``logits float32[T, B, W]`` in the system's own arrays."""
+        return logits
+
+    @abstractmethod
+    def prepare(self, batch: int) -> Any:
+        """Fresh states (or matchers) for ``batch`` streams."""
+
+    @abstractmethod
+    def steps(self, state: Any, inputs: Any) -> np.ndarray:
+        """Run every step; returns the chosen tokens ``int[B, T]``."""
+
+
+class _NumpyLockstep(_Stepper):
+    """Components in lockstep: mask = AND of rows, apply, argmax, one gather each."""
+
+    def __init__(self, automaton: Automaton) -> None:
+        names = "+".join(c.name for c in automaton.components)
+        self.how = f"Automaton components ({names}) in lockstep: AND of rows, np.where, argmax, gathers"
+        self.tables = [c.transitions for c in automaton.components]
+        self.starts = [int(c.start) for c in automaton.components]
+
+    def prepare(self, batch: int) -> list[np.ndarray]:
+        return [np.full(batch, s, dtype=np.int64) for s in self.starts]
+
+    def steps(self, state: list[np.ndarray], inputs: np.ndarray) -> np.ndarray:
+        T, B, _ = inputs.shape
+        chosen = np.empty((B, T), dtype=np.int64)
+        tables = self.tables
+        for t in range(T):
+            allowed = tables[0][state[0]] != REJECT  # bool[B, V]
+            for table, s in zip(tables[1:], state[1:], strict=True):
+                allowed &= table[s] != REJECT
+            masked = np.where(allowed, inputs[t], -np.inf)  # float32[B, V]
+            tok = masked.argmax(axis=1)
+            for k, table in enumerate(tables):
+                state[k] = table[state[k], tok]
+            chosen[:, t] = tok
+        return chosen
+
+
+class _TorchDense(_Stepper):
+    """The dense product on torch tensors: gather row, where, argmax, next state from the row."""
+
+    how = "dense product table, eager torch on CPU, one thread, no host sync per step"
+
+    def __init__(self, product: Component) -> None:
+        import torch
+
+        self.torch = torch
+        self.table = torch.from_numpy(np.array(product.transitions))  # int32[S, V] (a writable copy)
+        self.start = int(product.start)
+
+    def inputs(self, logits: np.ndarray) -> Any:
+        return self.torch.from_numpy(np.ascontiguousarray(logits))
+
+    def prepare(self, batch: int) -> Any:
+        return self.torch.full((batch,), self.start, dtype=self.torch.int64)
+
+    def steps(self, state: Any, inputs: Any) -> np.ndarray:
+        torch = self.torch
+        table = self.table
+        neg_inf = torch.tensor(float("-inf"))
+        out = []
+        with torch.inference_mode():
+            for t in range(inputs.shape[0]):
+                row = table[state]  # int32[B, V]
+                masked = torch.where(row != REJECT, inputs[t], neg_inf)  # float32[B, V]
+                tok = masked.argmax(dim=1)  # int64[B]
+                state = row.gather(1, tok[:, None])[:, 0].long()
+                out.append(tok)
+            return torch.stack(out, dim=1).numpy()
+
+
+class _JaxDense(_Stepper):
+    """The dense product on JAX arrays, jitted: all steps in one ``lax.scan`` (the decode
+    loop's idiom) or one jitted step per Python call (``per_call``)."""
+
+    def __init__(self, product: Component, per_call: bool = False) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        self.jax = jax
+        self.how = "dense product table, " + (
+            "one jitted step per Python call" if per_call else "all steps in one jitted lax.scan"
+        )
+        self.table = jnp.asarray(product.transitions)  # int32[S, V]
+        self.start = int(product.start)
+        self.per_call = per_call
+
+        def step(table: Any, state: Any, logits: Any) -> tuple[Any, Any]:
+            row = table[state]  # int32[B, V]
+            masked = jnp.where(row != REJECT, logits, -jnp.inf)  # float32[B, V]
+            tok = jnp.argmax(masked, axis=1)
+            nxt = jnp.take_along_axis(row, tok[:, None], axis=1)[:, 0]
+            return nxt, tok
+
+        def walk(table: Any, state: Any, logits: Any) -> Any:
+            _, toks = jax.lax.scan(lambda s, x: step(table, s, x), state, logits)
+            return toks  # int[T, B]
+
+        self.step = jax.jit(step)
+        self.walk = jax.jit(walk)
+
+    def inputs(self, logits: np.ndarray) -> Any:
+        if self.per_call:  # one device array per step, sliced before timing
+            return [self.jax.device_put(step_logits) for step_logits in logits]
+        return self.jax.device_put(logits)
+
+    def prepare(self, batch: int) -> Any:
+        return self.jax.numpy.full((batch,), self.start, dtype=self.jax.numpy.int32)
+
+    def steps(self, state: Any, inputs: Any) -> np.ndarray:
+        if not self.per_call:
+            return np.asarray(self.walk(self.table, state, inputs).block_until_ready()).T
+        toks = []
+        for step_logits in inputs:
+            state, tok = self.step(self.table, state, step_logits)
+            toks.append(tok)
+        state.block_until_ready()
+        return np.stack([np.asarray(t) for t in toks], axis=1)
+
+
+class PeerEngine(_Stepper):
+    """A peer engine over the delimited vocabulary (:func:`peer_tokens`), one grammar text.
+
+    ``compile`` is from text to a compiled grammar; ``accepts`` runs one whole stream (and
+    the stop token); ``prepare``/``steps`` are the batched decoding loop.
+    """
+
+    system = ""
+    #: What :meth:`cached` measures.
+    cache_note = ""
+
+    def __init__(self, vocab: Sequence[str]) -> None:
+        self.vocab = list(vocab)
+        self.tokens = peer_tokens(vocab)
+        self.stop = len(vocab)  # the peers' stop token
+        self.width = len(self.tokens)  # logits columns: the vocabulary and the stop token
+        self.compiled: Any = None
+
+    @abstractmethod
+    def compile(self, text: str) -> Any:
+        """Compile ``text``; the result is kept for ``accepts``/``prepare``."""
+
+    @abstractmethod
+    def first_mask(self) -> None:
+        """Build one matcher and fill its first mask (the end of a compile measurement)."""
+
+    @abstractmethod
+    def accepts(self, ids: Sequence[int]) -> bool:
+        """Whether the compiled grammar accepts the whole stream ``ids``."""
+
+    @abstractmethod
+    def masks(self, ids: Sequence[int]) -> np.ndarray:
+        """``bool[len(ids) + 1, width]``: the tokens allowed before each token of ``ids``
+        and after the last (``ids`` must be allowed)."""
+
+    def cached(self, text: str) -> Callable[[], object] | None:
+        """After :meth:`compile`: a function that gets ``text`` compiled again from the
+        peer's cache and fills a first mask (None: the peer has no cache)."""
+        return None
+
+
+def _unpack(words: np.ndarray, width: int) -> np.ndarray:
+    """``bool[width]`` from a bitmask row ``int32[ceil(width / 32)]`` (bit j of word k: token
+    32 k + j, as every peer writes it)."""
+    bits = np.unpackbits(np.ascontiguousarray(words, dtype=np.int32).view(np.uint8), bitorder="little")
+    return bits[:width].astype(bool)
+
+
+class _Xgrammar(PeerEngine):
+    system = "xgrammar"
+    cache_note = "GrammarCompiler's cache hit, then the first mask"
+    how = (
+        "BatchGrammarMatcher(max_threads=1).batch_fill_next_token_bitmask, "
+        "apply_token_bitmask_inplace on torch CPU tensors, batch_accept_token"
+    )
+
+    def __init__(self, vocab: Sequence[str]) -> None:
+        super().__init__(vocab)
+        import torch
+        import xgrammar as xgr
+
+        self.xgr = xgr
+        self.torch = torch
+        self.info = xgr.TokenizerInfo(
+            self.tokens, xgr.VocabType.RAW, vocab_size=self.width, stop_token_ids=[self.stop]
+        )
+        self.compiler: Any = None
+
+    def compile(self, text: str) -> Any:
+        # One thread (the default is 8): the machine is shared, and gramophone uses one.
+        self.compiler = self.xgr.GrammarCompiler(self.info, max_threads=1)
+        self.compiled = self.compiler.compile_grammar(text)
+        return self.compiled
+
+    def cached(self, text: str) -> Callable[[], object] | None:
+        compiler = self.compiler
+
+        def again() -> None:
+            self.compiled = compiler.compile_grammar(text)  # a cache hit
+            self.first_mask()
+
+        return again
+
+    def first_mask(self) -> None:
+        bitmask = self.xgr.allocate_token_bitmask(1, self.width)
+        self.xgr.GrammarMatcher(self.compiled).fill_next_token_bitmask(bitmask)
+
+    def accepts(self, ids: Sequence[int]) -> bool:
+        m = self.xgr.GrammarMatcher(self.compiled)
+        return all(m.accept_token(int(i)) for i in ids) and bool(m.accept_token(self.stop))
+
+    def masks(self, ids: Sequence[int]) -> np.ndarray:
+        m = self.xgr.GrammarMatcher(self.compiled)
+        bitmask = self.xgr.allocate_token_bitmask(1, self.width)
+        out = []
+        for i in [*ids, None]:
+            m.fill_next_token_bitmask(bitmask)
+            out.append(_unpack(bitmask.numpy()[0], self.width))
+            if i is not None and not m.accept_token(int(i)):
+                raise ValueError(f"token {i} is not allowed")
+        return np.array(out)
+
+    def inputs(self, logits: np.ndarray) -> Any:
+        return self.torch.from_numpy(np.ascontiguousarray(logits))
+
+    def prepare(self, batch: int) -> Any:
+        matchers = [self.xgr.GrammarMatcher(self.compiled) for _ in range(batch)]
+        return matchers, self.xgr.BatchGrammarMatcher(max_threads=1)
+
+    def steps(self, state: Any, inputs: Any) -> np.ndarray:
+        xgr = self.xgr
+        matchers, batch_matcher = state
+        T, B, W = inputs.shape
+        bitmask = xgr.allocate_token_bitmask(B, W)
+        logits = self.torch.empty((B, W), dtype=self.torch.float32)
+        chosen = np.empty((B, T), dtype=np.int64)
+        for t in range(T):
+            batch_matcher.batch_fill_next_token_bitmask(matchers, bitmask)
+            logits.copy_(inputs[t])  # the mask is applied in place
+            xgr.apply_token_bitmask_inplace(logits, bitmask)
+            toks = logits.argmax(dim=1).tolist()
+            xgr.BatchGrammarMatcher.batch_accept_token(matchers, toks)
+            chosen[:, t] = toks
+        return chosen
+
+
+class _VocabWrapper:
+    """What ``llguidance.TokenizerWrapper`` reads: token bytes, eos, and an encoder."""
+
+    def __init__(self, tokens: Sequence[str], stop: int) -> None:
+        self.tokens = [t.encode() for t in tokens]
+        self.eos_token_id = stop
+        self.bos_token_id = None
+        self.special_token_ids = [stop]
+        self._index = {t: i for i, t in enumerate(tokens)}
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        """Whole delimited tokens of ``text`` (a partial last name is left out)."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        out = []
+        for word in text.split(" ")[:-1]:
+            i = self._index.get(word + " ")
+            if i is None:
+                break
+            out.append(i)
+        return out
+
+
+class _LLGuidance(PeerEngine):
+    system = "llguidance"
+    how = (
+        "LLExecutor(num_threads=1): llguidance.numpy fill_next_token_bitmask_par, "
+        "apply_token_bitmask_inplace, consume_token_par"
+    )
+
+    def __init__(self, vocab: Sequence[str]) -> None:
+        super().__init__(vocab)
+        import llguidance
+        import llguidance.numpy as llnp
+
+        self.llg = llguidance
+        self.llnp = llnp
+        self.tokenizer = llguidance.LLTokenizer(
+            llguidance.TokenizerWrapper(_VocabWrapper(self.tokens, self.stop))
+        )
+
+    def compile(self, text: str) -> Any:
+        m = self.llg.LLMatcher(self.tokenizer, text, log_level=0)
+        if m.is_error():
+            raise ValueError(f"llguidance rejected the grammar: {m.get_error()}")
+        self.compiled = m
+        return m
+
+    def first_mask(self) -> None:
+        bitmask = self.llnp.allocate_token_bitmask(1, self.width)
+        self.llnp.fill_next_token_bitmask(self.compiled.deep_copy(), bitmask)
+
+    def accepts(self, ids: Sequence[int]) -> bool:
+        m = self.compiled.deep_copy()
+        return bool(m.consume_tokens([int(i) for i in ids])) and bool(m.is_accepting())
+
+    def masks(self, ids: Sequence[int]) -> np.ndarray:
+        m = self.compiled.deep_copy()
+        bitmask = self.llnp.allocate_token_bitmask(1, self.width)
+        out = []
+        for i in [*ids, None]:
+            self.llnp.fill_next_token_bitmask(m, bitmask)
+            out.append(_unpack(bitmask[0], self.width))
+            if i is not None and not m.consume_token(int(i)):
+                raise ValueError(f"token {i} is not allowed")
+        return np.array(out)
+
+    def prepare(self, batch: int) -> Any:
+        matchers = [self.compiled.deep_copy() for _ in range(batch)]
+        return matchers, self.llg.LLExecutor(num_threads=1)
+
+    def steps(self, state: Any, inputs: np.ndarray) -> np.ndarray:
+        llnp = self.llnp
+        matchers, executor = state
+        T, B, W = inputs.shape
+        bitmask = llnp.allocate_token_bitmask(B, W)
+        logits = np.empty((B, W), dtype=np.float32)
+        chosen = np.empty((B, T), dtype=np.int64)
+        slots = [(m, i) for i, m in enumerate(matchers)]
+        for t in range(T):
+            llnp.fill_next_token_bitmask_par(executor, slots, bitmask)
+            logits[:] = inputs[t]  # the mask is applied in place
+            llnp.apply_token_bitmask_inplace(logits, bitmask)
+            toks = logits.argmax(axis=1).tolist()
+            llnp.consume_token_par(executor, list(zip(matchers, toks, strict=True)))
+            chosen[:, t] = toks
+        return chosen
+
+
+class _OutlinesCore(PeerEngine):
+    system = "outlines-core"
+    cache_note = "a pickled Index loaded (it has no cache of its own), then the first mask"
+    how = (
+        "a Guide per stream: kernels.numpy fill_next_token_bitmask per stream, "
+        "apply_token_bitmask_inplace (numba) on the batch, Guide.advance"
+    )
+
+    def __init__(self, vocab: Sequence[str]) -> None:
+        super().__init__(vocab)
+        import outlines_core
+        from outlines_core.kernels import numpy as ocnp  # needs numba
+
+        self.oc = outlines_core
+        self.ocnp = ocnp
+        self.vocabulary = outlines_core.Vocabulary(
+            self.stop, {t: [i] for i, t in enumerate(self.tokens[: self.stop])}
+        )
+
+    def compile(self, text: str) -> Any:
+        self.compiled = self.oc.Index(text, self.vocabulary)
+        return self.compiled
+
+    def cached(self, text: str) -> Callable[[], object] | None:
+        # outlines-core has no cache of its own: an Index is kept by pickling it.
+        blob = pickle.dumps(self.compiled)
+
+        def load() -> None:
+            self.compiled = pickle.loads(blob)
+            self.first_mask()
+
+        return load
+
+    def first_mask(self) -> None:
+        mask = self.ocnp.allocate_token_bitmask(self.width)
+        self.ocnp.fill_next_token_bitmask(self.oc.Guide(self.compiled), mask)
+
+    def accepts(self, ids: Sequence[int]) -> bool:
+        index = self.compiled
+        s = index.get_initial_state()
+        for i in ids:
+            s = index.get_next_state(s, int(i))
+            if s is None:
+                return False
+        return bool(index.is_final_state(s))
+
+    def masks(self, ids: Sequence[int]) -> np.ndarray:
+        guide = self.oc.Guide(self.compiled)
+        bitmask = self.ocnp.allocate_token_bitmask(self.width)
+        out = []
+        for i in [*ids, None]:
+            self.ocnp.fill_next_token_bitmask(guide, bitmask)
+            out.append(_unpack(bitmask[0], self.width))
+            if i is not None:
+                guide.advance(int(i), return_tokens=False)
+        return np.array(out)
+
+    def prepare(self, batch: int) -> Any:
+        return [self.oc.Guide(self.compiled) for _ in range(batch)]
+
+    def steps(self, state: Any, inputs: np.ndarray) -> np.ndarray:
+        ocnp = self.ocnp
+        guides = state
+        T, B, W = inputs.shape
+        bitmask = np.full((B, (W + 31) // 32), -1, dtype=np.int32)
+        rows = [bitmask[i : i + 1] for i in range(B)]  # (1, words) views: one per guide
+        logits = np.empty((B, W), dtype=np.float32)
+        chosen = np.empty((B, T), dtype=np.int64)
+        for t in range(T):
+            for guide, row in zip(guides, rows, strict=True):
+                ocnp.fill_next_token_bitmask(guide, row)
+            logits[:] = inputs[t]  # the mask is applied in place
+            ocnp.apply_token_bitmask_inplace(logits, bitmask)
+            toks = logits.argmax(axis=1).tolist()
+            for guide, tok in zip(guides, toks, strict=True):
+                guide.advance(tok, return_tokens=False)
+            chosen[:, t] = toks
+        return chosen
+
+
+_ENGINES: dict[str, type[PeerEngine]] = {
+    "xgrammar": _Xgrammar,
+    "llguidance": _LLGuidance,
+    "outlines-core": _OutlinesCore,
+}
+
+
+def peer_engine(system: str, vocab: Sequence[str]) -> PeerEngine:
+    """The engine of an installed peer over ``vocab`` (raises ImportError when missing)."""
+    return _ENGINES[system](vocab)
+
+
+# -- measurements --------------------------------------------------------------------------------
+def _walk_tokens(streams: Sequence[Sequence[int]], batch: int, steps: int) -> np.ndarray:
+    """``int64[batch, steps]``: the first tokens of ``batch`` streams (cycled if too few)."""
+    long_enough = [s for s in streams if len(s) >= steps]
+    if not long_enough:
+        raise ValueError(f"no stream has {steps} tokens")
+    return np.array([long_enough[i % len(long_enough)][:steps] for i in range(batch)], dtype=np.int64)
+
+
+def _logits(tokens: np.ndarray, width: int, seed: int = 0) -> np.ndarray:
+    """``float32[T, B, width]``: noise, with each stream's next token on top."""
+    B, T = tokens.shape
+    logits = np.random.default_rng(seed).standard_normal((T, B, width), dtype=np.float32)
+    logits[np.arange(T)[:, None], np.arange(B)[None, :], tokens.T] = 100.0
+    return logits
+
+
+def _time_steps(stepper: _Stepper, logits: np.ndarray, repeats: int) -> tuple[list[float], np.ndarray]:
+    """Microseconds per step (whole batch) of each timed pass, and the tokens chosen in the
+    warm-up pass."""
+    inputs = stepper.inputs(logits)
+    batch, steps = logits.shape[1], logits.shape[0]
+    chosen = stepper.steps(stepper.prepare(batch), inputs)  # warm-up: JIT, caches
+    samples = []
+    for _ in range(repeats):
+        state = stepper.prepare(batch)
+        t0 = time.perf_counter()
+        stepper.steps(state, inputs)
+        samples.append(time.perf_counter() - t0)
+    return [1e6 * x / steps for x in samples], chosen
+
+
+def _measure(
+    system: str,
+    stepper: _Stepper,
+    tokens: np.ndarray,
+    width: int,
+    repeats: int,
+    **params: Any,
+) -> dict[str, Any]:
+    logits = _logits(tokens, width)
+    passes, chosen = _time_steps(stepper, logits, repeats)
+    B, T = tokens.shape
+    common = {"batch": B, "steps": T, "repeats": repeats, **params}
+    wrong = np.argwhere(chosen != tokens)
+    if wrong.size:
+        b, t = (int(x) for x in wrong[0])
+        return record(
+            "mask_step", system, "us_per_step", None, "us", status="error", **common,
+            notes=f"stream {b} step {t}: chose {chosen[b, t]}, the real token is {tokens[b, t]} "
+            "(the mask rejected a real token)",
+        )  # fmt: skip
+    us = round(statistics.median(passes), 2)
+    common["notes"] = stepper.how
+    return record(
+        "mask_step", system, "us_per_step", us, "us", status="ok", min_us=round(min(passes), 2), **common
+    )
+
+
+def _our_steppers(
+    system: str, auto: Automaton, product: Component | None
+) -> list[tuple[_Stepper, dict[str, Any]]]:
+    """gramophone's steppers for ``system``, with the parameters of their records."""
+    if system == "gramophone-numpy":
+        syntax_only = Automaton(auto.vocab, (auto.component("syntax"),))
+        return [
+            (_NumpyLockstep(auto), {"grammar": "full", "loop": "python"}),
+            (_NumpyLockstep(syntax_only), {"grammar": "syntax", "loop": "python"}),
+        ]
+    if product is None:
+        raise ValueError(f"{system} steps on the dense product")
+    if system == "gramophone-torch":
+        return [(_TorchDense(product), {"grammar": "full", "loop": "python"})]
+    return [
+        (_JaxDense(product), {"grammar": "full", "loop": "lax.scan"}),
+        (_JaxDense(product, per_call=True), {"grammar": "full", "loop": "python"}),
+    ]
+
+
+def mask_step_records(
+    streams: Sequence[Sequence[int]],
+    *,
+    batches: Sequence[int] = BATCHES,
+    steps: int = 256,
+    repeats: int = 5,
+    quick: bool = False,
+    systems: Sequence[str] | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> list[dict[str, Any]]:
+    """``mask_step`` records of every system (``systems``: a subset) on ``streams``
+    (token ids of the shipped config), ``steps`` steps at each batch size."""
+    from gramophone.grammar import compile_remi
+    from gramophone.tokenizers import load_tokenizer
+
+    tok = load_tokenizer()
+    auto = compile_remi(tok)
+    V = len(auto.vocab)
+    chosen = list(OURS) + list(PEERS) if systems is None else list(systems)
+    records: list[dict[str, Any]] = []
+    token_sets = {b: _walk_tokens(streams, b, steps) for b in batches}
+    product: Component | None = None
+    remi_tokens = RemiTokens.from_tokenizer(tok)
+
+    for system in chosen:
+        if not peer_available(system):
+            records += [r for r in missing_records(system) if r["benchmark"] == "mask_step"]
+            continue
+        log(f"mask_step {system}")
+        if system in OURS:
+            if system != "gramophone-numpy" and product is None:
+                product = auto.product()
+            with _one_torch_thread():
+                for stepper, params in _our_steppers(system, auto, product):
+                    for b in batches:
+                        records.append(_measure(system, stepper, token_sets[b], V, repeats, **params))
+            continue
+        engine = peer_engine(system, auto.vocab)
+        compared = (QUICK_LEVEL if quick else {}).get(system, COMPARED_LEVEL[system])
+        for level in dict.fromkeys(("syntax", compared)):
+            engine.compile(grammar_text(system, remi_tokens, level))
+            with _one_torch_thread():
+                for b in batches:
+                    records.append(
+                        _measure(
+                            system, engine, token_sets[b], engine.width, repeats, grammar=level, loop="python"
+                        )
+                    )
+    return records
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Torch on one intra-op thread while measuring (restored after), like the peers."""
+    if not peer_available("gramophone-torch"):
+        yield
+        return
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def compile_records(*, repeats: int = 3, quick: bool = False) -> list[dict[str, Any]]:
+    """``compile`` records: gramophone (cold, cached, dense product) and every peer at
+    every level, from grammar text to a first mask."""
+    from gramophone.grammar import compile_remi
+    from gramophone.tokenizers import load_tokenizer
+
+    tok = load_tokenizer()
+    records: list[dict[str, Any]] = []
+
+    def ms(samples: list[float]) -> float:
+        return round(1000 * statistics.median(samples), 2)
+
+    def ours(use_cache: bool) -> None:
+        auto = compile_remi(tok, use_cache=use_cache)
+        auto.allowed(auto.start_states)
+
+    old = os.environ.get("GRAMOPHONE_CACHE")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["GRAMOPHONE_CACHE"] = cache
+        try:
+            cold = timed(lambda: ours(False), repeats)
+            ours(True)  # fill the cache
+            warm = timed(lambda: ours(True), max(repeats, 5))
+        finally:
+            if old is None:
+                del os.environ["GRAMOPHONE_CACHE"]
+            else:
+                os.environ["GRAMOPHONE_CACHE"] = old
+    note = "compile_remi: syntax DFA + time + note-order components, then the first mask"
+    records.append(
+        record("compile", "gramophone", "ms", ms(cold), "ms", cache="cold", grammar="full", notes=note)
+    )
+    note = "compile_remi from its .npz cache, then the first mask"
+    records.append(
+        record("compile", "gramophone", "ms", ms(warm), "ms", cache="cached", grammar="full", notes=note)
+    )
+    auto = compile_remi(tok)
+    dense = timed(auto.product, 1 if quick else repeats)
+    size = f"int32[{auto.product().num_states:,} x {len(auto.vocab)}]"
+    note = f"Automaton.product(): the dense table {size} that gramophone-torch/jax step on"
+    records.append(
+        record("compile", "gramophone-dense", "ms", ms(dense), "ms", cache="cold", grammar="full", notes=note)
+    )
+
+    tokens = RemiTokens.from_tokenizer(tok)
+    for system in PEERS:
+        if not peer_available(system):
+            records += [r for r in missing_records(system) if r["benchmark"] == "compile"]
+            continue
+        engine = peer_engine(system, auto.vocab)
+        for level in LEVELS:
+            if quick and system == "outlines-core" and level == "full":
+                continue  # about 40 s
+            text = grammar_text(system, tokens, level)
+
+            def cold_compile(engine: PeerEngine = engine, text: str = text) -> None:
+                engine.compile(text)
+                engine.first_mask()
+
+            samples = timed(cold_compile, 1)
+            if samples[0] < 5 and repeats > 1:  # a slow compile is timed once
+                samples += timed(cold_compile, repeats - 1)
+            params = {"grammar": level, "grammar_bytes": len(text.encode())}
+            records.append(record("compile", system, "ms", ms(samples), "ms", cache="cold", **params))
+            again = engine.cached(text)
+            if again is not None:
+                warm = timed(again, 5)
+                how = engine.cache_note
+                records.append(
+                    record("compile", system, "ms", ms(warm), "ms", cache="cached", notes=how, **params)
+                )
+    return records
+
+
+# -- the section -----------------------------------------------------------------------------------
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Both benchmarks (the ``peers`` section of ``gramophone bench``)."""
+    from gramophone.bench.grammar import corpus_streams
+
+    streams = corpus_streams(40 if quick else 120)
+    records = mask_step_records(streams, steps=64 if quick else 256, repeats=3 if quick else 7, quick=quick)
+    records += compile_records(repeats=2 if quick else 5, quick=quick)
+    return records
+
+
+def _cell(r: dict[str, Any]) -> str:
+    if r.get("status", "ok") != "ok":
+        return str(r.get("status"))
+    low = r.get("min_us")
+    return f"{r['value']:,.1f}" + (f" ({low:,.1f})" if low is not None else "")
+
+
+def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The section's tables, and what each peer's grammar cannot express."""
+    lines = [
+        "Per decoding step for the whole batch: compute the next-token mask, apply it to "
+        "float32[B, V] logits, take the argmax, advance the state (V = 229; the peers get one "
+        "more column, their stop token). Real chorale streams, the same states for every "
+        "system. Median (and fastest) pass of the repeats after a warm-up pass, in "
+        "microseconds; torch, xgrammar and llguidance on one thread (numpy and XLA as they "
+        "are). `grammar`: the level the system enforces (`full` = gramophone's language).",
+        "",
+    ]
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in records:
+        if r.get("benchmark") != "mask_step":
+            continue
+        key = (r["system"], r.get("grammar", "—"), r.get("loop", "—"))
+        row = rows.setdefault(key, {"system": key[0], "grammar": key[1], "loop": key[2]})
+        row[f"batch {r['batch']}"] = _cell(r)
+        if r["value"] and r.get("status", "ok") == "ok":
+            row[f"batch {r['batch']} per stream"] = round(r["value"] / r["batch"], 2)
+    cols = ["system", "grammar", "loop", *(f"batch {b}" for b in BATCHES), f"batch {BATCHES[-1]} per stream"]
+    lines += ["## Mask step (us per step, whole batch)", "", *markdown_table(rows.values(), cols), ""]
+
+    lines += [
+        "## Compile time (grammar text to a first mask, ms)",
+        "",
+        "Median of repeats (one run when it takes over 5 s); a peer's TokenizerInfo / "
+        "tokenizer / Vocabulary is built once beforehand and not counted.",
+        "",
+    ]
+    crow: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        if r.get("benchmark") != "compile":
+            continue
+        ckey = (r["system"], r.get("grammar", "—"))
+        row = crow.setdefault(ckey, {"system": ckey[0], "grammar": ckey[1]})
+        row[str(r.get("cache", "cold"))] = r["value"] if r.get("status", "ok") == "ok" else r["status"]
+        if r.get("grammar_bytes"):
+            row["grammar bytes"] = r["grammar_bytes"]
+    lines += [*markdown_table(crow.values(), ["system", "grammar", "grammar bytes", "cold", "cached"]), ""]
+    notes = sorted({f"- {r['system']}: {r['notes']}" for r in records if r.get("notes")})
+    if notes:
+        lines += ["Notes:", "", *notes, ""]
+    lines += ["## What each peer's grammar cannot express", ""]
+    lines += [f"- **{k}**: {v}" for k, v in CANNOT_EXPRESS.items()]
+    lines += [
+        "",
+        "Levels: `syntax` is remi.lark narrowed to the config; `syntax+time` adds the time "
+        "constraint (positions increase inside a bar and stay below its length), "
+        "`syntax+note-order` the note order (pitches ascend at an onset), `full` both: "
+        "exactly gramophone's language, checked in tests/test_bench_peers.py against the "
+        "automaton on real chorales, random walks and corruptions.",
+        "",
+    ]
+    return lines

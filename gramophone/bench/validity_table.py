@@ -1,0 +1,247 @@
+"""The table that motivates the project: how valid are sampled pieces, by training loss
+and by sampling mode? And how do they sound next to held-out chorales (statistics)?
+
+Three models of one shape are trained with the same budget (same data, steps, seed),
+differing only in the loss: ``ce``, ``ce+structural``, ``masked``. Each samples ``n``
+pieces freely (no automaton) and under the mask (the automaton, length-aware), with the
+same budget of tokens, temperature 1. A piece is judged by
+:func:`gramophone.bench.validity.judge`, which never uses the automaton.
+
+Records: ``validity`` (metric ``valid_fraction``, keys ``training``, ``sampling``,
+``n``; with the per-token error rates by kind, the model's validation NLL and, for
+masked sampling, the mean probability mass the mask removed); ``music_stats`` (one
+record per statistic and row, plus the held-out chorales of the test split).
+
+Trained models are kept under ``cache_dir()/bench-runs/`` (keyed on their config) and
+reused by a later run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gramophone.bench.common import markdown_table, record
+from gramophone.bench.music_stats import STATS, mean_stats, piece_stats
+from gramophone.bench.validity import KINDS, judge
+
+__all__ = ["markdown", "plots", "run"]
+
+LOSSES = ("ce", "ce+structural", "masked")
+
+#: The shared budget. Full: a quarter of the bundled model's size and steps; quick: seconds.
+FULL: dict[str, Any] = {
+    "model": {"d_model": 96, "n_layers": 3, "n_heads": 4, "d_ff": 384, "max_len": 512, "dropout": 0.1},
+    "train": {"lr": 1e-3, "warmup_steps": 30, "total_steps": 300, "batch_size": 8, "seq_len": 256},
+    "n": 100,
+    "budget": 512,
+}
+QUICK: dict[str, Any] = {
+    "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_len": 256, "dropout": 0.0},
+    "train": {"lr": 3e-3, "warmup_steps": 5, "total_steps": 30, "batch_size": 4, "seq_len": 128},
+    "n": 12,
+    "budget": 192,
+}
+
+
+def _train_models(setup: dict[str, Any], backend: str) -> dict[str, tuple[Path, float]]:
+    """Train (or reuse) one model per loss; returns loss -> (model folder, validation NLL)."""
+    from gramophone._paths import cache_dir
+    from gramophone.backends import ModelConfig, TrainConfig
+    from gramophone.grammar import compile_remi
+    from gramophone.tokenizers import load_tokenizer
+    from gramophone.training import RunConfig, train
+
+    tok = load_tokenizer()
+    auto = compile_remi(tok)
+    key = hashlib.sha256(json.dumps([setup, auto.hash, backend], sort_keys=True).encode()).hexdigest()[:12]
+    root = cache_dir() / "bench-runs" / key
+    out: dict[str, tuple[Path, float]] = {}
+    for loss in LOSSES:
+        run_dir = root / loss.replace("+", "-")
+        done = run_dir / "bench-eval.json"
+        if not done.is_file():
+            model = ModelConfig(vocab_size=len(auto.vocab), **setup["model"])
+            tcfg = TrainConfig(label_smoothing=0.0, loss=loss, seed=0, **setup["train"])  # type: ignore[arg-type]
+            result = train(
+                run_dir,
+                backend=backend,
+                config=RunConfig(model, tcfg, source=f"bench validity ({loss})"),
+                resume=(run_dir / "checkpoints").is_dir(),
+                checkpoint_every=max(1, tcfg.total_steps // 3),
+                val_windows=None,
+                progress=False,
+                tokenizer=tok,
+                automaton=auto,
+            )
+            if result.model_dir is None:
+                raise RuntimeError(f"training {loss} stopped before the end")
+            nll = result.evaluation.get("validation", {}).get("nll", float("nan"))
+            done.write_text(json.dumps({"model": str(result.model_dir), "validation_nll": nll}))
+        saved = json.loads(done.read_text())
+        out[loss] = (Path(saved["model"]), float(saved["validation_nll"]))
+    return out
+
+
+def _forbidden_mass(backend: Any, params: Any, auto: Any, streams: Sequence[Sequence[int]]) -> float:
+    """Mean probability mass (temperature 1) the model put on tokens the grammar forbids,
+    over every sampled position of masked streams: what the mask removed."""
+    total, count = 0.0, 0
+    for ids in streams:
+        arr = np.asarray(ids, dtype=np.int32)[None, :]
+        logits = backend.logits(params, arr[:, :-1])[0]  # (T-1, V): predicts ids[1:]
+        states = auto.run_batch(arr.astype(np.int64))[0][1:-1]  # (T-1, K): after ids[: j + 1]
+        allowed = auto.allowed_batch(states[None])[0]  # (T-1, V)
+        z = logits - logits.max(axis=-1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=-1, keepdims=True)
+        total += float((p * ~allowed).sum())
+        count += len(p)
+    return total / max(count, 1)
+
+
+def run(quick: bool = False, backend: str = "torch") -> list[dict[str, Any]]:
+    """Train the three models (or reuse them), sample, judge; see the module notes."""
+    from gramophone.backends import get_backend
+    from gramophone.decoding.driver import sampler_for, split_batches
+    from gramophone.decoding.loop import DecodeRequest
+    from gramophone.decoding.rules import Sampling
+    from gramophone.decoding.tables import decoding_tables, prepare_prompt
+    from gramophone.grammar import compile_remi
+    from gramophone.tokenizers import decode_ids, load_tokenizer
+
+    setup = QUICK if quick else FULL
+    tok = load_tokenizer()
+    auto = compile_remi(tok)
+    tables = decoding_tables(auto)
+    prompt = prepare_prompt(tables, auto, None)
+    be = get_backend(backend)
+    records: list[dict[str, Any]] = []
+    models = _train_models(setup, backend)
+    n, budget = int(setup["n"]), int(setup["budget"])
+    for loss, (model_dir, val_nll) in models.items():
+        ckpt = be.load(model_dir)
+        sample = sampler_for(be, ckpt.params)
+        for mode in ("free", "masked"):
+            streams: list[list[int]] = []
+            for i, size in enumerate(split_batches(n, 50)):
+                request = DecodeRequest(
+                    prompt.ids,
+                    prompt.state,
+                    prompt.side,
+                    size,
+                    budget,
+                    Sampling(),
+                    seed=1000 + i,
+                    constrained=mode == "masked",
+                )
+                streams.extend(sample(tables, request).streams())
+            verdicts = [judge(tok, ids) for ids in streams]
+            n_tokens = sum(v.tokens for v in verdicts)
+            params = {"training": loss, "sampling": mode, "n": len(verdicts), "budget": budget}
+            rates = {
+                f"{k}_errors_per_token": sum(v.counts[k] for v in verdicts) / max(n_tokens, 1) for k in KINDS
+            }
+            extra: dict[str, Any] = {"validation_nll": round(val_nll, 4), **rates}
+            if mode == "masked":
+                extra["mask_removed_mass"] = _forbidden_mass(be, ckpt.params, auto, streams)
+            valid = sum(v.valid for v in verdicts) / len(verdicts)
+            records.append(
+                record(
+                    "validity",
+                    "gramophone-" + backend,
+                    "valid_fraction",
+                    valid,
+                    "fraction",
+                    **params,
+                    **extra,
+                )
+            )
+            scores = []
+            for ids in streams:
+                try:
+                    scores.append(piece_stats(decode_ids(tok, ids)))
+                except Exception:  # a broken free-sampled piece has no statistics
+                    continue
+            for stat, value in mean_stats(scores).items():
+                records.append(record("music_stats", f"{loss} / {mode}", stat, value, "", pieces=len(scores)))
+    records.extend(_held_out_stats(quick))
+    return records
+
+
+def _held_out_stats(quick: bool) -> list[dict[str, Any]]:
+    from symusic import Score
+
+    from gramophone.data import chorale_midis, chorale_names, split_names
+    from gramophone.data.chorales import chorale_path
+
+    chorale_midis(progress=False)
+    test = split_names(chorale_names())["test"][: 12 if quick else None]
+    scores = [piece_stats(Score(str(chorale_path(name)))) for name in test]
+    return [
+        record("music_stats", "held-out chorales", stat, value, "", pieces=len(scores))
+        for stat, value in mean_stats(scores).items()
+    ]
+
+
+def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
+    rows = [r for r in records if r["benchmark"] == "validity"]
+    cols = ["training", "sampling", "n", "value", *(f"{k}_errors_per_token" for k in KINDS)]
+    cols += ["validation_nll", "mask_removed_mass"]
+    lines = [
+        "## Valid pieces by training loss and sampling",
+        "",
+        "`value` is the fraction of valid pieces (miditok's `tokens_errors` finds nothing, duplicated",
+        "notes counted, and every bar's positions stay in order and inside the bar); error rates",
+        "are per generated token, by kind (Fradet et al. 2023: type, time, duplicated note; `bar`:",
+        "a position beyond its bar). `mask_removed_mass`: mean probability the model put on",
+        "tokens the grammar forbids, at the positions of masked samples.",
+        "",
+        *markdown_table(rows, cols),
+        "",
+        "## Musical statistics (sampled pieces next to held-out chorales)",
+        "",
+    ]
+    table: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["benchmark"] == "music_stats":
+            table.setdefault(r["system"], {"system": r["system"], "pieces": r["pieces"]})[r["metric"]] = r[
+                "value"
+            ]
+    lines += markdown_table(table.values(), ["system", "pieces", *STATS])
+    return [*lines, ""]
+
+
+def plots(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in records if r["benchmark"] == "validity"]
+    if not rows:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    width = 0.38
+    for j, mode in enumerate(("free", "masked")):
+        ys = [
+            next((r["value"] for r in rows if r["training"] == t and r["sampling"] == mode), math.nan)
+            for t in LOSSES
+        ]
+        ax.bar(np.arange(len(LOSSES)) + (j - 0.5) * width, ys, width, label=f"{mode} sampling")
+    ax.set_xticks(np.arange(len(LOSSES)), LOSSES)
+    ax.set_ylabel("valid pieces")
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="lower right")
+    ax.set_title("Validity of sampled pieces by training loss")
+    fig.tight_layout()
+    path = out / "validity.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
