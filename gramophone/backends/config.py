@@ -214,11 +214,28 @@ PRESETS: dict[str, Preset] = {
         model={"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_len": 128},
         train=TrainConfig(seq_len=64, batch_size=4, total_steps=20, warmup_steps=5),
     ),
-    # The bundled model.
     "small": Preset(
         name="small",
         model={"d_model": 256, "n_layers": 4, "n_heads": 4, "d_ff": 1024, "max_len": 512},
         train=TrainConfig(),
+    ),
+    # The bundled model (gramophone/models/bundled): ~0.85M parameters (3.4 MB of float32),
+    # sized for ~35 minutes of training on two shared CPU cores (~3.3M tokens). No label
+    # smoothing: smoothing over the whole vocabulary puts mass on forbidden tokens, which is
+    # exactly what the structural term removes (see the training notes in the README).
+    "chorales": Preset(
+        name="chorales",
+        model={"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 512, "max_len": 512, "dropout": 0.1},
+        train=TrainConfig(
+            lr=1e-3,
+            warmup_steps=50,
+            total_steps=800,
+            batch_size=8,
+            seq_len=512,
+            label_smoothing=0.0,
+            loss="ce+structural",
+            structural_weight=1.0,
+        ),
     ),
 }
 
