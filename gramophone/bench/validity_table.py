@@ -50,8 +50,9 @@ QUICK: dict[str, Any] = {
 }
 
 
-def _train_models(setup: dict[str, Any], backend: str) -> dict[str, tuple[Path, float]]:
-    """Train (or reuse) one model per loss; returns loss -> (model folder, validation NLL)."""
+def _train_models(setup: dict[str, Any], backend: str) -> dict[str, tuple[Path, dict[str, float]]]:
+    """Train (or reuse) one model per loss; returns loss -> (model folder, validation metrics
+    of :func:`gramophone.training.evaluate_split`)."""
     from gramophone._paths import cache_dir
     from gramophone.backends import ModelConfig, TrainConfig
     from gramophone.grammar import compile_remi
@@ -62,7 +63,7 @@ def _train_models(setup: dict[str, Any], backend: str) -> dict[str, tuple[Path, 
     auto = compile_remi(tok)
     key = hashlib.sha256(json.dumps([setup, auto.hash, backend], sort_keys=True).encode()).hexdigest()[:12]
     root = cache_dir() / "bench-runs" / key
-    out: dict[str, tuple[Path, float]] = {}
+    out: dict[str, tuple[Path, dict[str, float]]] = {}
     for loss in LOSSES:
         run_dir = root / loss.replace("+", "-")
         done = run_dir / "bench-eval.json"
@@ -82,10 +83,10 @@ def _train_models(setup: dict[str, Any], backend: str) -> dict[str, tuple[Path, 
             )
             if result.model_dir is None:
                 raise RuntimeError(f"training {loss} stopped before the end")
-            nll = result.evaluation.get("validation", {}).get("nll", float("nan"))
-            done.write_text(json.dumps({"model": str(result.model_dir), "validation_nll": nll}))
+            done.write_text(json.dumps({"model": str(result.model_dir)}))
         saved = json.loads(done.read_text())
-        out[loss] = (Path(saved["model"]), float(saved["validation_nll"]))
+        evaluation = json.loads((run_dir / "eval.json").read_text())
+        out[loss] = (Path(saved["model"]), evaluation["validation"])
     return out
 
 
@@ -125,7 +126,7 @@ def run(quick: bool = False, backend: str = "torch") -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     models = _train_models(setup, backend)
     n, budget = int(setup["n"]), int(setup["budget"])
-    for loss, (model_dir, val_nll) in models.items():
+    for loss, (model_dir, val) in models.items():
         ckpt = be.load(model_dir)
         sample = sampler_for(be, ckpt.params)
         for mode in ("free", "masked"):
@@ -148,7 +149,12 @@ def run(quick: bool = False, backend: str = "torch") -> list[dict[str, Any]]:
             rates = {
                 f"{k}_errors_per_token": sum(v.counts[k] for v in verdicts) / max(n_tokens, 1) for k in KINDS
             }
-            extra: dict[str, Any] = {"validation_nll": round(val_nll, 4), **rates}
+            extra: dict[str, Any] = {
+                "validation_nll": round(val["nll"], 4),
+                "validation_nll_allowed": round(val["nll_masked"], 4),
+                "validation_forbidden_mass": round(val["forbidden_mass"], 4),
+                **rates,
+            }
             if mode == "masked":
                 extra["mask_removed_mass"] = _forbidden_mass(be, ckpt.params, auto, streams)
             valid = sum(v.valid for v in verdicts) / len(verdicts)
@@ -193,15 +199,17 @@ def _held_out_stats(quick: bool) -> list[dict[str, Any]]:
 def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
     rows = [r for r in records if r["benchmark"] == "validity"]
     cols = ["training", "sampling", "n", "value", *(f"{k}_errors_per_token" for k in KINDS)]
-    cols += ["validation_nll", "mask_removed_mass"]
+    cols += ["validation_nll", "validation_nll_allowed", "mask_removed_mass"]
     lines = [
         "## Valid pieces by training loss and sampling",
         "",
         "`value` is the fraction of valid pieces (miditok's `tokens_errors` finds nothing, duplicated",
         "notes counted, and every bar's positions stay in order and inside the bar); error rates",
         "are per generated token, by kind (Fradet et al. 2023: type, time, duplicated note; `bar`:",
-        "a position beyond its bar). `mask_removed_mass`: mean probability the model put on",
-        "tokens the grammar forbids, at the positions of masked samples.",
+        "a position beyond its bar). `validation_nll`: nats per token over the whole vocabulary;",
+        "`validation_nll_allowed`: renormalised over the tokens the grammar allows (what masked",
+        "sampling sees). `mask_removed_mass`: mean probability the model put on tokens the grammar",
+        "forbids, at the positions of its masked samples. Free sampling runs to EOS or the budget.",
         "",
         *markdown_table(rows, cols),
         "",
