@@ -7,11 +7,14 @@ One question each:
   run, rounds interleaved (unconstrained, constrained, bars, unconstrained, ...) and the
   best round of each mode compared (the median of the paired ratios is kept too), at
   batch 1 and 64. Every run decodes exactly ``budget - 1`` steps
-  (no early stop), from BOS, on a model of the bundled size with random weights.
-- **decode_context**: per-token decode cost with 64 vs 1024 positions of context (the KV
-  cache is as long as the context; a grammar-valid prompt fills it). Measured as the
-  difference of two runs from the same prompt that decode 8 and 24 tokens (best of a few
-  rounds each), so the prefill cancels.
+  (no early stop), from BOS, on a model of the bundled model's shape (the ``chorales``
+  preset) with random weights.
+  On a shared machine the run-to-run noise (a few %) is larger than the mask's cost, so
+  the mask is also timed alone (``mask_us_per_step``: the row gather, the comparison, the
+  masked fill and the state gather, in a tight loop) and compared with the measured
+  unconstrained step (``estimated_constrained_over_unconstrained_throughput``).
+- **decode_context**: per-token decode cost with a KV cache of 64 vs 1024 positions
+  (see :func:`_context_cost`).
 - **decode_tables**: building the dense product (cold) and loading it from the cache; the
   layered distance table for ``--bars``.
 
@@ -21,6 +24,7 @@ OpenMP threads make every small op wait for a scheduler slice. JAX uses XLA's de
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -34,6 +38,7 @@ __all__ = ["markdown", "run"]
 
 SYSTEM = {"torch": "gramophone-torch", "jax": "gramophone-jax"}
 MODES = ("unconstrained", "constrained", "constrained+bars")
+PRESET = "chorales"  # the bundled model's shape (d_model 128, 4 layers, d_ff 512)
 BARS = 8
 
 
@@ -45,7 +50,7 @@ def _setup(backend_name: str, max_len: int) -> tuple[Any, Any, Any]:
 
     automaton = compile_remi(load_tokenizer())
     backend = get_backend(backend_name)
-    config = get_preset("small").model_config(len(automaton.vocab), max_len=max_len, dropout=0.0)
+    config = get_preset(PRESET).model_config(len(automaton.vocab), max_len=max_len, dropout=0.0)
     params = backend.init(config, seed=0)
     return automaton, sampler_for(backend, params), config
 
@@ -71,8 +76,8 @@ def _tokens_per_second(sample: Any, tables: Any, prompt: Any, *, batch: int, bud
 def _overhead(backend: str, quick: bool) -> list[dict[str, Any]]:
     from gramophone.decoding import decoding_tables, prepare_prompt
 
-    budget = 96 if quick else 192
-    rounds = 3 if quick else 5
+    budget = 64 if quick else 160
+    rounds = 2 if quick else 4
     automaton, sample, _ = _setup(backend, max_len=512)
     tables = {
         "unconstrained": decoding_tables(automaton),
@@ -122,6 +127,29 @@ def _overhead(backend: str, quick: bool) -> list[dict[str, Any]]:
                 median_of_rounds=round(statistics.median(paired), 4),
             )
         )
+        step = batch / best["unconstrained"]  # seconds per step, unconstrained
+        mask = _mask_seconds(backend, tables["constrained"], batch, 200 if quick else 1000)
+        out.append(
+            record(
+                "decode_overhead",
+                SYSTEM[backend],
+                "mask_us_per_step",
+                round(mask * 1e6, 1),
+                "us",
+                batch=batch,
+                step_us=round(step * 1e6, 1),
+            )
+        )
+        out.append(
+            record(
+                "decode_overhead",
+                SYSTEM[backend],
+                "estimated_constrained_over_unconstrained_throughput",
+                round(step / (step + mask), 4),
+                "ratio",
+                batch=batch,
+            )
+        )
         out.append(
             record(
                 "decode_overhead",
@@ -136,67 +164,27 @@ def _overhead(backend: str, quick: bool) -> list[dict[str, Any]]:
     return out
 
 
-def _walk_prefix(automaton: Any, length: int, seed: int = 0) -> list[int]:
-    """A grammar-valid stream of ``length`` tokens without specials (uniform over allowed
-    token types, then values), used as a prompt that fills the context."""
-    rng = np.random.default_rng(seed)
-    kinds = np.array([t.partition("_")[0] for t in automaton.vocab])
-    special = np.isin(kinds, ["BOS", "EOS", "PAD"])
-    states = automaton.start_states.copy()
-    out: list[int] = []
-    while len(out) < length:
-        cand = np.nonzero(automaton.allowed(states) & ~special)[0]
-        types = np.unique(kinds[cand])
-        pool = cand[kinds[cand] == types[rng.integers(len(types))]]
-        tok = int(pool[rng.integers(len(pool))])
-        states = automaton.step(states, tok)
-        out.append(tok)
-    return out
-
-
 def _context_cost(backend: str, quick: bool) -> list[dict[str, Any]]:
+    """Seconds per token with a KV cache of 64 and of 1024 positions. Both loops attend over
+    the whole cache (masked by position), so a step costs the same at any position of a
+    cache of that length: decoding from BOS with ``cache_len = context`` measures the cost
+    at that context without a long prefill in the timing."""
     from gramophone.decoding import DecodeRequest, Sampling, decoding_tables, prepare_prompt
 
     automaton, sample, _ = _setup(backend, max_len=1024)
     tables = decoding_tables(automaton)
-    short, long_ = 8, 24
+    prompt = prepare_prompt(tables, automaton)
+    steps = 24 if quick else 48
     out = []
-    for batch in (1,) if quick else (1, 64):
+    for batch in (1, 64):
         per_token = {}
         for context in (64, 1024):
-            # a valid prompt that leaves room for the longer run and its completion
-            prompt = None
-            for trim in range(long_ + 16, context):
-                prompt = prepare_prompt(tables, automaton, _walk_prefix(automaton, context - trim))
-                if prompt.min_total <= context - long_:
-                    break
-            assert prompt is not None
-            P = len(prompt.ids)
-
-            def seconds(
-                steps: int, prompt: Any = prompt, P: int = P, context: int = context, batch: int = batch
-            ) -> float:
-                request = DecodeRequest(
-                    prompt.ids,
-                    prompt.state,
-                    prompt.side,
-                    batch,
-                    P + steps,
-                    Sampling(),
-                    1,
-                    context,
-                    True,
-                    False,
-                )
-                return float(sample(tables, request).seconds)
-
-            seconds(short)  # warm-up / compile
-            seconds(long_)
-            # best of the rounds of each run length; their difference is the cost of the steps
-            rounds = range(3 if quick else 5)
-            t_short = min(seconds(short) for _ in rounds)
-            t_long = min(seconds(long_) for _ in rounds)
-            per_token[context] = max(t_long - t_short, 1e-9) / ((long_ - short) * batch)
+            request = DecodeRequest(
+                prompt.ids, prompt.state, prompt.side, batch, steps + 1, Sampling(), 1, context, True, False
+            )
+            sample(tables, request)  # warm-up / compile
+            best = min(sample(tables, request).seconds for _ in range(2 if quick else 3))
+            per_token[context] = best / (steps * batch)
             out.append(
                 record(
                     "decode_context",
@@ -219,6 +207,60 @@ def _context_cost(backend: str, quick: bool) -> list[dict[str, Any]]:
             )
         )
     return out
+
+
+def _mask_seconds(backend: str, tables: Any, batch: int, reps: int) -> float:
+    """Seconds per step of the mask alone (rule 1 + the masked fill + the state gather), in
+    a tight loop of ``reps`` steps (JAX: inside one jitted ``fori_loop``)."""
+    rng = np.random.default_rng(0)
+    S1, V = tables.next_state.shape
+    states = rng.integers(0, S1 - 1, batch)
+    if backend == "torch":
+        import torch
+
+        from gramophone.decoding.torch_loop import device_tables
+
+        tab = device_tables(tables, torch.device("cpu"))
+        assert tab.dist_next is not None
+        state = torch.from_numpy(states)
+        logits = torch.randn(batch, V)
+        tok = torch.from_numpy(rng.integers(0, V, batch))
+        ended = torch.zeros(batch, dtype=torch.bool)
+        with torch.inference_mode():
+            best = math.inf
+            for _ in range(3):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    x = logits.clone()
+                    x.masked_fill_(tab.dist_next.index_select(0, state) >= 50, -torch.inf)
+                    state = torch.where(ended, state, tab.next_state[state, tok])
+                best = min(best, (time.perf_counter() - t0) / reps)
+        return best
+    import jax
+    import jax.numpy as jnp
+
+    dist_next, next_state = jnp.asarray(tables.dist_next), jnp.asarray(tables.next_state)
+    j_logits = jnp.asarray(rng.normal(size=(batch, V)), jnp.float32)
+    j_tok = jnp.asarray(rng.integers(0, V, batch), jnp.int32)
+
+    @jax.jit
+    def run(state: Any) -> Any:
+        def body(i: Any, carry: Any) -> Any:
+            state, acc = carry
+            x = jnp.where(dist_next[state] < 50, j_logits, -jnp.inf)
+            state = next_state[state, (j_tok + i) % V]
+            return state, acc + x.max(axis=-1)  # uses every column: nothing is skipped
+
+        return jax.lax.fori_loop(0, reps, body, (state, jnp.zeros(batch)))
+
+    state0 = jnp.asarray(states, jnp.int32)
+    jax.block_until_ready(run(state0))
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(state0))
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
 
 
 def _tables() -> list[dict[str, Any]]:
@@ -301,7 +343,8 @@ def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
 
     lines = ["## Cost of the mask (tokens/s with the mask / without)", ""]
     lines += markdown_table(
-        rows("decode_overhead"), ["system", "batch", "metric", "value", "median_of_rounds"]
+        rows("decode_overhead"),
+        ["system", "batch", "metric", "value", "unit", "median_of_rounds", "step_us"],
     )
     lines += ["", "## Throughput", ""]
     lines += markdown_table(

@@ -1,0 +1,44 @@
+"""Constrained decoding: sampling rules, hard masking, length-aware masking, decode driver.
+
+- :mod:`~gramophone.decoding.rules`: the sampling rules, written once (spec + numpy);
+- :mod:`~gramophone.decoding.tables`: the decoding automaton (grammar + BOS/EOS framing +
+  one note at least + optional bar count) as a dense product table, a side counter and a
+  layered distance-to-acceptance table;
+- :mod:`~gramophone.decoding.loop`: the loop contract and the numpy reference loop;
+- ``torch_loop`` / ``jax_loop``: the device loops, imported only when chosen;
+- :mod:`~gramophone.decoding.driver`: checkpoint -> batches -> files (``gramophone decode``).
+
+Importing this package imports neither PyTorch nor JAX.
+"""
+
+from gramophone.decoding.driver import (
+    DecodeOptions,
+    DecodeSummary,
+    decode_to_folder,
+    generate,
+    load_model,
+    register_loop,
+    sampler_for,
+)
+from gramophone.decoding.loop import DecodeRequest, DecodeResult, sample_numpy
+from gramophone.decoding.rules import INF, Sampling
+from gramophone.decoding.tables import DecodingTables, PreparedPrompt, decoding_tables, prepare_prompt
+
+__all__ = [
+    "INF",
+    "DecodeOptions",
+    "DecodeRequest",
+    "DecodeResult",
+    "DecodeSummary",
+    "DecodingTables",
+    "PreparedPrompt",
+    "Sampling",
+    "decode_to_folder",
+    "decoding_tables",
+    "generate",
+    "load_model",
+    "prepare_prompt",
+    "register_loop",
+    "sample_numpy",
+    "sampler_for",
+]

@@ -1,0 +1,310 @@
+"""The decoding loop in JAX: prefill and the whole generation in one jitted ``lax.while_loop``.
+
+The loop state (the carry) is one small tuple, as in Flax's lm1b ``temperature_sampler``:
+the position ``t``, the token buffer ``int32[B, C]``, the KV cache, the logits of the next
+position, the automaton state ``(state, side)`` (two ``int32[B]``), the ``ended`` mask and
+the PRNG key. The model is a :class:`JaxModel`: two pure functions that receive the model's
+arguments (a pytree, e.g. the parameters) explicitly, so that the parameters are traced
+arguments rather than constants baked into the executable, and a stand-in model can replace
+the Transformer. Nothing runs in Python per step.
+
+Compiled once per shape (batch, prompt bucket, cache length, tables) and per kind of
+tables (with or without side constraints); the budget, prompt length, prompt, automaton
+state, sampling rules (greedy, temperature, top-k, top-p, switched by ``lax.cond``) and
+seed are traced values, so changing them never recompiles. Compiled executables are
+kept (:data:`_COMPILED`) so the compile time can be reported apart.
+
+Imported only when the JAX backend is chosen.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from gramophone.decoding.loop import DecodeRequest, DecodeResult, lengths_of
+from gramophone.decoding.rules import FMAX, INF, Sampling
+from gramophone.decoding.tables import DecodingTables
+
+__all__ = [
+    "JaxModel",
+    "SamplingArrays",
+    "backend_sampler",
+    "choose",
+    "gpt_model",
+    "prompt_bucket",
+    "sample_jax",
+    "sanitize",
+]
+
+Array = jax.Array
+
+
+@dataclass(frozen=True)
+class JaxModel:
+    """``prefill(args, ids int32[B, P], lengths int32[B], cache_len) -> (logits[B, V], cache)``
+    and ``step(args, token int32[B], cache, positions int32[B]) -> (logits[B, V], cache)``,
+    pure and traceable; hashable (it is a static argument of the jitted loop)."""
+
+    prefill: Callable[[Any, Array, Array, int], tuple[Array, Any]]
+    step: Callable[[Any, Array, Any, Array], tuple[Array, Any]]
+
+
+def _gpt_prefill(params: Any, ids: Array, lengths: Array, cache_len: int) -> tuple[Array, Any]:
+    from gramophone.backends.jax_backend.backend import prefill
+
+    return prefill(params, ids, lengths, cache_len)
+
+
+def _gpt_step(params: Any, token: Array, cache: Any, positions: Array) -> tuple[Array, Any]:
+    from gramophone.backends.jax_backend.backend import decode_step
+
+    return decode_step(params, token, cache, positions)
+
+
+_GPT = JaxModel(_gpt_prefill, _gpt_step)
+
+
+def gpt_model() -> JaxModel:
+    """The JAX backend's Transformer; its ``args`` are a ``JaxParams``."""
+    return _GPT
+
+
+class _Static(NamedTuple):
+    model: JaxModel
+    cache_len: int
+    constrained: bool
+    flat: bool  # no side constraint: the mask is one gather from dist_next
+    stop_early: bool
+    eos: int
+    pad: int
+
+
+class _Tables(NamedTuple):
+    next_state: Array  # int32[S+1, V]
+    side_next: Array  # int32[K+1, V]
+    dist: Array  # int32[(K+1) * (S+1)]
+    dist_next: Array  # int32[S+1, V] (flat tables) or int32[1, 1]
+
+
+class SamplingArrays(NamedTuple):
+    """:class:`~gramophone.decoding.rules.Sampling` as traced scalars: changing the rules
+    never recompiles (the filters that are off are skipped by ``lax.cond``)."""
+
+    greedy: Array  # bool
+    temperature: Array  # float32
+    use_top_k: Array  # bool
+    top_k: Array  # int32
+    use_top_p: Array  # bool
+    top_p: Array  # float32
+
+    @classmethod
+    def of(cls, s: Sampling) -> SamplingArrays:
+        return cls(
+            jnp.asarray(s.greedy),
+            jnp.asarray(s.temperature, jnp.float32),
+            jnp.asarray(s.uses_top_k),
+            jnp.asarray(s.top_k or 1, jnp.int32),
+            jnp.asarray(s.uses_top_p),
+            jnp.asarray(s.top_p or 1.0, jnp.float32),
+        )
+
+
+def sanitize(logits: Array, allowed: Array | None) -> Array:
+    """Rule 2 (see :func:`gramophone.decoding.rules.sanitize`); ``allowed=None``: all."""
+    x = jnp.nan_to_num(logits.astype(jnp.float32), nan=-FMAX, posinf=FMAX, neginf=-FMAX)
+    if allowed is not None:
+        x = jnp.where(allowed, x, -jnp.inf)
+    m = x.max(axis=-1, keepdims=True)
+    return x - jnp.where(jnp.isfinite(m), m, 0.0)
+
+
+def _top_k(x: Array, k: Array) -> Array:
+    """Rule 5: keep logits >= the k-th largest (ties kept)."""
+    B, V = x.shape
+    ascending = jnp.sort(x, axis=-1)
+    kth = jnp.take_along_axis(ascending, jnp.full((B, 1), V - jnp.minimum(k, V), jnp.int32), axis=-1)
+    return jnp.where(x >= kth, x, -jnp.inf)
+
+
+def _top_p(x: Array, p: Array) -> Array:
+    """Rule 6: the smallest prefix of mass >= p, by decreasing probability (ties kept)."""
+    q = jax.nn.softmax(x, axis=-1)  # (B, V)
+    qs = -jnp.sort(-q, axis=-1)  # decreasing
+    cum = jnp.cumsum(qs, axis=-1)
+    excl = jnp.concatenate([jnp.zeros_like(cum[:, :1]), cum[:, :-1]], axis=-1)
+    n_keep = (excl < p).sum(axis=-1, keepdims=True)  # >= 1
+    return jnp.where(q >= jnp.take_along_axis(qs, n_keep - 1, axis=-1), x, -jnp.inf)
+
+
+def choose(
+    logits: Array, allowed: Array | None, key: Array, sampling: SamplingArrays, gumbel: Array | None = None
+) -> Array:
+    """Rules 2-7 (:mod:`gramophone.decoding.rules`) in jnp: int32[B]. ``gumbel`` float32[B, V]:
+    the noise (default: drawn from ``key``)."""
+    x = sanitize(logits, allowed)
+
+    def sample(x: Array) -> Array:
+        x = x / sampling.temperature
+        x = lax.cond(sampling.use_top_k, _top_k, lambda x, _: x, x, sampling.top_k)
+        x = lax.cond(sampling.use_top_p, _top_p, lambda x, _: x, x, sampling.top_p)
+        g = jax.random.gumbel(key, x.shape, jnp.float32) if gumbel is None else gumbel
+        return jnp.argmax(x + g, axis=-1).astype(jnp.int32)
+
+    def greedy(x: Array) -> Array:
+        return jnp.argmax(x, axis=-1).astype(jnp.int32)
+
+    return lax.cond(sampling.greedy, greedy, sample, x)
+
+
+class _Inputs(NamedTuple):
+    """The traced arguments of the loop besides the model's own."""
+
+    prompt: Array  # int32[B, Pb], padded with PAD after prompt_len
+    prompt_len: Array  # int32 scalar
+    budget: Array  # int32 scalar
+    state0: Array  # int32[B]
+    side0: Array  # int32[B]
+    tabs: _Tables
+    sampling: SamplingArrays
+    key: Array  # PRNG key
+
+
+def _generate(static: _Static, args: Any, inputs: _Inputs) -> tuple[Array, Array]:
+    """Prefill, then the while loop. Returns the buffer int32[B, C] and the final ``t``."""
+    prompt, prompt_len, budget, state0, side0, tabs, sampling, key = inputs
+    B = prompt.shape[0]
+    C = static.cache_len
+    S1 = tabs.next_state.shape[0]
+    logits, cache = static.model.prefill(args, prompt, jnp.full((B,), prompt_len, jnp.int32), C)
+    buf = lax.dynamic_update_slice(jnp.full((B, C), static.pad, jnp.int32), prompt, (0, 0))
+    ended = jnp.zeros((B,), bool)
+    init = (prompt_len, buf, cache, logits, state0, side0, ended, key)
+
+    def cond(carry: tuple[Any, ...]) -> Array:
+        t, ended = carry[0], carry[6]
+        go = t < budget
+        return go & ~jnp.all(ended) if static.stop_early else go
+
+    def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        t, buf, cache, logits, state, side, ended, key = carry
+        key, sub = jax.random.split(key)
+        remaining = budget - t
+        allowed = None
+        if static.constrained:
+            if static.flat:
+                allowed = tabs.dist_next[state] < remaining  # (B, V)
+            else:
+                ns, nk = tabs.next_state[state], tabs.side_next[side]  # (B, V)
+                allowed = tabs.dist[nk * S1 + ns] < remaining  # (B, V)
+        tok = choose(logits, allowed, sub, sampling)
+        tok = jnp.where(ended, static.pad, tok)  # (B,)
+        buf = lax.dynamic_update_slice(buf, tok[:, None], (0, t))
+        if static.constrained:
+            state = jnp.where(ended, state, tabs.next_state[state, tok])
+            if not static.flat:
+                side = jnp.where(ended, side, tabs.side_next[side, tok])
+        ended = ended | (tok == static.eos)
+        logits, cache = static.model.step(args, tok, cache, jnp.full((B,), t, jnp.int32))
+        return (t + 1, buf, cache, logits, state, side, ended, key)
+
+    final = lax.while_loop(cond, body, init)
+    return final[1], final[0]
+
+
+_jitted = jax.jit(_generate, static_argnums=(0,))
+_COMPILED: dict[Any, Any] = {}
+_MAX_COMPILED = 32
+_DEVICE_TABLES: weakref.WeakKeyDictionary[DecodingTables, _Tables] = weakref.WeakKeyDictionary()
+
+
+def _device_tables(tables: DecodingTables) -> _Tables:
+    """The tables as device arrays, copied once per tables object. The side tables are
+    padded to a power of two of rows (at least 4) with unreachable dead rows, so that
+    ``--bars 3`` and ``--bars 2`` share one compiled loop."""
+    got = _DEVICE_TABLES.get(tables)
+    if got is None:
+        flat = tables.num_side_states == 1
+        side_next, dist = tables.side_next, tables.dist
+        if not flat:
+            rows = max(4, 1 << (side_next.shape[0] - 1).bit_length())
+            dead = side_next.shape[0] - 1
+            side_next = np.vstack([side_next, np.full((rows - dead - 1, side_next.shape[1]), dead, np.int32)])
+            dist = np.vstack([dist, np.full((rows - dead - 1, dist.shape[1]), INF, np.int32)])
+        got = _DEVICE_TABLES[tables] = _Tables(
+            next_state=jnp.asarray(tables.next_state),
+            side_next=jnp.asarray(side_next),
+            dist=jnp.asarray(dist.reshape(-1)),
+            dist_next=jnp.asarray(tables.dist_next) if flat else jnp.zeros((1, 1), jnp.int32),
+        )
+    return got
+
+
+def prompt_bucket(length: int, cache_len: int) -> int:
+    """The padded prompt length, so that prompts of nearby lengths share one compiled loop:
+    the whole cache when it is short (<= 128 positions), else the next power of two
+    (at least 16), at most ``cache_len``."""
+    if cache_len <= 128:
+        return cache_len
+    return min(cache_len, max(16, 1 << (max(length, 1) - 1).bit_length()))
+
+
+def sample_jax(model: JaxModel, args: Any, tables: DecodingTables, request: DecodeRequest) -> DecodeResult:
+    """Decode one batch with one compiled call (see :class:`~gramophone.decoding.loop.DecodeRequest`).
+
+    Noise: ``jax.random.gumbel`` from ``jax.random.key(seed)``, split at every step; the
+    same seed on the same backend gives the same streams.
+    """
+    B, N, P = request.num, request.budget, len(request.prompt)
+    static = _Static(
+        model=model,
+        cache_len=request.cache_len,
+        constrained=request.constrained,
+        flat=tables.num_side_states == 1,
+        stop_early=request.stop_early,
+        eos=tables.eos,
+        pad=tables.pad,
+    )
+    Pb = prompt_bucket(P, request.cache_len)
+    prompt = np.full((B, Pb), tables.pad, np.int32)
+    prompt[:, :P] = request.prompt
+    inputs = _Inputs(
+        jnp.asarray(prompt),
+        jnp.asarray(P, jnp.int32),
+        jnp.asarray(N, jnp.int32),
+        jnp.full((B,), request.state, jnp.int32),
+        jnp.full((B,), request.side, jnp.int32),
+        _device_tables(tables),
+        SamplingArrays.of(request.sampling),
+        jax.random.key(request.seed),
+    )
+    dyn = (args, inputs)
+    leaves, treedef = jax.tree.flatten(dyn)
+    signature = (static, treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
+    compiled = _COMPILED.get(signature)
+    compile_seconds = 0.0
+    if compiled is None:
+        t0 = time.perf_counter()
+        compiled = _COMPILED[signature] = _jitted.lower(static, *dyn).compile()
+        while len(_COMPILED) > _MAX_COMPILED:  # oldest first
+            _COMPILED.pop(next(iter(_COMPILED)))
+        compile_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    buf, t_end = compiled(*dyn)
+    out = np.asarray(buf)[:, :N].astype(np.int32)
+    seconds = time.perf_counter() - t0
+    steps = int(t_end) - P
+    return DecodeResult(out, lengths_of(out, tables.eos), steps, seconds, compile_seconds)
+
+
+def backend_sampler(backend: Any, params: Any) -> Callable[[DecodingTables, DecodeRequest], DecodeResult]:
+    """The loop for the JAX backend's ``params`` (a ``JaxParams``), as the driver wants it."""
+    return lambda tables, request: sample_jax(_GPT, params, tables, request)

@@ -1,0 +1,193 @@
+"""The sampling rules, written once: a framework-neutral specification and its numpy reference.
+
+Every decoding loop (:mod:`gramophone.decoding.torch_loop`, :mod:`gramophone.decoding.jax_loop`,
+and :func:`gramophone.decoding.loop.sample_numpy`) applies exactly these rules, in this order,
+to a batch of ``B`` streams over a vocabulary of ``V`` tokens. Each stream carries its own
+automaton state ``(state, side)`` (two ``int32[B]``: the dense product state and the
+side-constraint state, see :class:`~gramophone.decoding.tables.DecodingTables`).
+
+At step ``t`` (the token written at position ``t``; ``budget - t`` tokens may still be
+written, this one included):
+
+1. **Allowed row (hard mask + length awareness).** Token ``v`` is allowed iff the state it
+   leads to can still reach acceptance (EOS written) within the rest of the budget::
+
+       d[b, v] = dist[side_next[side[b], v], next_state[state[b], v]]
+       allowed[b, v] = d[b, v] < budget - t
+
+   A forbidden token leads to the dead state, whose distance is :data:`INF`, so one
+   comparison does both jobs. Invariant: ``dist(state_t) <= budget - t``; it holds after a
+   valid prompt whose completion fits (checked before decoding) and every allowed token
+   keeps it, so some token is always allowed and every stream ends with EOS by ``budget``.
+2. **Sanitize** (:func:`sanitize`): NaN and -inf logits become the most negative float32,
+   +inf the largest, so that no model output can make the rules fail; forbidden tokens get
+   -inf; the row is shifted so that its largest allowed logit is exactly 0. A row whose
+   allowed logits are all equal (e.g. all -inf from the model) is uniform over them.
+3. **Greedy**: the first allowed token of largest logit (``argmax``; ties go to the lowest
+   id in every framework). Otherwise:
+4. **Temperature**: divide by ``temperature`` (> 0).
+5. **Top-k**: keep the allowed tokens whose logit is ``>=`` the k-th largest allowed logit
+   (ties at the threshold are kept, so the rule does not depend on a sort's tie order).
+6. **Top-p** (nucleus): with ``q`` the softmax of what is left, sorted in decreasing order,
+   keep the tokens whose probability is ``>=`` that of the last sorted token whose
+   *exclusive* cumulative mass is ``< top_p`` (the smallest prefix of mass ``>= top_p``,
+   ties at the threshold kept). The most probable token is always kept.
+7. **Sample** by the Gumbel-max trick: ``argmax(x + g)`` with ``g`` standard Gumbel noise
+   ``float32[B, V]`` drawn from the framework's generator (so a fixed seed reproduces a run
+   on one backend; the streams of two frameworks differ, the rules do not).
+8. **After EOS** a stream writes PAD (EOS again if the vocabulary has no PAD) and its state
+   stays put; the loop stops when every stream has ended or ``t == budget``.
+9. **Advance**: ``state = next_state[state, token]``, ``side = side_next[side, token]``.
+
+The functions below are that specification in numpy (float32, like the device loops); the
+tests hold the torch and JAX versions to them token for token on the same noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gramophone.errors import DecodingError
+
+__all__ = [
+    "FMAX",
+    "INF",
+    "Sampling",
+    "allowed_tokens",
+    "apply_top_k",
+    "apply_top_p",
+    "choose",
+    "sanitize",
+    "step_states",
+]
+
+INF = 1 << 30
+"""Distance of a state that cannot reach acceptance (and of the dead state)."""
+
+FMAX = float(np.finfo(np.float32).max)
+"""Largest float32: +inf logits become this, NaN and -inf its negative."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick a token from the allowed ones.
+
+    ``greedy`` ignores the other fields. ``temperature`` > 0; ``top_k`` >= 1 or ``None``
+    (off); ``top_p`` in (0, 1] or ``None`` (off; 1.0 is also off).
+
+    >>> Sampling(temperature=0.9, top_k=20)
+    Sampling(greedy=False, temperature=0.9, top_k=20, top_p=None)
+    """
+
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise DecodingError(f"temperature must be a number > 0, got {t!r}")
+        k = self.top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise DecodingError(f"top-k must be an integer >= 1, got {k!r}")
+        p = self.top_p
+        if p is not None and (
+            isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 < p <= 1
+        ):
+            raise DecodingError(f"top-p must be in (0, 1], got {p!r}")
+
+    @property
+    def uses_top_k(self) -> bool:
+        return not self.greedy and self.top_k is not None
+
+    @property
+    def uses_top_p(self) -> bool:
+        return not self.greedy and self.top_p is not None and self.top_p < 1.0
+
+
+# ----------------------------------------------------------------------------- automaton
+
+
+def allowed_tokens(
+    next_state: np.ndarray,
+    side_next: np.ndarray,
+    dist: np.ndarray,
+    state: np.ndarray,
+    side: np.ndarray,
+    *,
+    remaining: int | np.ndarray,
+) -> np.ndarray:
+    """Rule 1. ``bool[B, V]``: tokens that keep acceptance reachable within ``remaining``.
+
+    ``next_state`` int32[S+1, V], ``side_next`` int32[K+1, V], ``dist`` int32[K+1, S+1]
+    (dead state/side last, distance :data:`INF`); ``state``, ``side`` int32[B];
+    ``remaining`` (scalar or int[B]): tokens that may still be written, this one included.
+    """
+    ns = next_state[state]  # (B, V)
+    nk = side_next[side]  # (B, V)
+    d = dist[nk, ns]  # (B, V)
+    return d < np.asarray(remaining).reshape(-1, 1)
+
+
+def step_states(
+    next_state: np.ndarray, side_next: np.ndarray, state: np.ndarray, side: np.ndarray, token: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rule 9. The states after ``token`` int32[B]: ``(int32[B], int32[B])``."""
+    return next_state[state, token], side_next[side, token]
+
+
+# ----------------------------------------------------------------------------- logits
+
+
+def sanitize(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Rule 2. float32[B, V]: finite logits shifted so the best allowed one is 0; -inf on
+    forbidden tokens. Rows with nothing allowed come out all -inf (never sampled from)."""
+    x = np.nan_to_num(np.asarray(logits, np.float32), nan=-FMAX, posinf=FMAX, neginf=-FMAX)
+    x = np.where(allowed, x, np.float32(-np.inf))
+    m = x.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, np.float32(0))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (x - m).astype(np.float32)
+
+
+def apply_top_k(x: np.ndarray, k: int) -> np.ndarray:
+    """Rule 5 on sanitized logits ``x`` float32[B, V]."""
+    V = x.shape[-1]
+    kth = -np.sort(-x, axis=-1)[:, min(k, V) - 1 : min(k, V)]  # (B, 1)
+    return np.where(x >= kth, x, np.float32(-np.inf))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))  # x's max is 0 after sanitize; safe anyway
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def apply_top_p(x: np.ndarray, p: float) -> np.ndarray:
+    """Rule 6 on sanitized (tempered, top-k'd) logits ``x`` float32[B, V]."""
+    q = _softmax(x).astype(np.float32)  # (B, V)
+    qs = -np.sort(-q, axis=-1)  # (B, V), decreasing
+    cum = np.cumsum(qs, axis=-1, dtype=np.float32)
+    excl = np.concatenate([np.zeros_like(cum[:, :1]), cum[:, :-1]], axis=-1)  # mass before each
+    n_keep = (excl < np.float32(p)).sum(axis=-1, keepdims=True)  # >= 1
+    q_min = np.take_along_axis(qs, n_keep - 1, axis=-1)  # (B, 1)
+    return np.where(q >= q_min, x, np.float32(-np.inf))
+
+
+def choose(logits: np.ndarray, allowed: np.ndarray, sampling: Sampling, gumbel: np.ndarray) -> np.ndarray:
+    """Rules 2-7: the token of each row, int32[B]. ``logits`` float32[B, V] from the model,
+    ``allowed`` bool[B, V], ``gumbel`` float32[B, V] standard Gumbel noise (unused if greedy)."""
+    x = sanitize(logits, allowed)
+    if sampling.greedy:
+        return x.argmax(axis=-1).astype(np.int32)
+    x = (x / np.float32(sampling.temperature)).astype(np.float32)
+    if sampling.uses_top_k:
+        assert sampling.top_k is not None
+        x = apply_top_k(x, sampling.top_k)
+    if sampling.uses_top_p:
+        assert sampling.top_p is not None
+        x = apply_top_p(x, sampling.top_p)
+    return (x + gumbel.astype(np.float32)).argmax(axis=-1).astype(np.int32)

@@ -1,0 +1,192 @@
+"""The decoding loop in PyTorch: KV-cached, on the device, no host synchronization per step.
+
+The rules are those of :mod:`gramophone.decoding.rules`, in torch. The automaton tables
+live on the model's device (copied once per tables object and device); each step does a
+row gather of the mask, the sampling ops, a gather of the next state and one cached
+decode step. Nothing inside the loop reads a value back to the host (no ``.item()``,
+``.cpu()``, ``bool(tensor)``) except the "has every stream ended?" test, made every
+``check_every`` steps (one sync per ``check_every`` tokens; ``0``: never, run to the budget).
+
+Imported only when the torch backend is chosen.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gramophone.decoding.loop import DecodeRequest, DecodeResult, lengths_of
+from gramophone.decoding.rules import FMAX, Sampling
+from gramophone.decoding.tables import DecodingTables
+
+__all__ = ["TorchModel", "backend_sampler", "choose", "gpt_model", "sample_torch"]
+
+_TINY = float(np.finfo(np.float32).tiny)
+_ONE_MINUS = 1.0 - 2.0**-24
+
+
+@dataclass(frozen=True)
+class TorchModel:
+    """``prefill(ids (B, P), lengths (B,), cache_len) -> (logits (B, V), cache)`` and
+    ``step(token (B,), cache, positions (B,)) -> (logits (B, V), cache)``, on tensors."""
+
+    prefill: Callable[[Tensor, Tensor, int], tuple[Tensor, Any]]
+    step: Callable[[Tensor, Any, Tensor], tuple[Tensor, Any]]
+    device: torch.device
+
+
+def gpt_model(gpt: Any) -> TorchModel:
+    """The torch backend's ``GPT`` module as a :class:`TorchModel` (eval mode)."""
+    gpt.eval()
+    device = next(gpt.parameters()).device
+    return TorchModel(
+        prefill=lambda ids, lengths, cache_len: gpt.prefill(ids, cache_len, lengths),
+        step=gpt.decode_step,
+        device=device,
+    )
+
+
+def sanitize(logits: Tensor, blocked: Tensor | None) -> Tensor:
+    """Rule 2 (see :func:`gramophone.decoding.rules.sanitize`). ``blocked`` bool (B, V) is
+    the complement of ``allowed`` (one op fewer per step); ``None``: nothing blocked."""
+    x = torch.nan_to_num(logits.float(), nan=-FMAX, posinf=FMAX, neginf=-FMAX)
+    if blocked is not None:
+        x.masked_fill_(blocked, -torch.inf)
+    m = x.amax(dim=-1, keepdim=True)
+    return x - torch.where(torch.isfinite(m), m, 0.0)
+
+
+def choose(
+    logits: Tensor,
+    blocked: Tensor | None,
+    sampling: Sampling,
+    generator: torch.Generator | None = None,
+    gumbel: Tensor | None = None,
+) -> Tensor:
+    """Rules 2-7 in torch: int64[B]. ``logits`` (B, V); ``blocked`` bool (B, V), the tokens
+    *not* allowed, or ``None``; ``gumbel`` (B, V): the noise (default: drawn from
+    ``generator``)."""
+    x = sanitize(logits, blocked)
+    if sampling.greedy:
+        return x.argmax(dim=-1)
+    x = x / sampling.temperature
+    V = x.shape[-1]
+    if sampling.uses_top_k:
+        assert sampling.top_k is not None
+        kth = torch.topk(x, min(sampling.top_k, V), dim=-1).values[:, -1:]  # (B, 1)
+        x = x.masked_fill(x < kth, -torch.inf)
+    if sampling.uses_top_p:
+        assert sampling.top_p is not None
+        q = torch.softmax(x, dim=-1)  # (B, V)
+        qs = torch.sort(q, dim=-1, descending=True).values
+        cum = torch.cumsum(qs, dim=-1)
+        excl = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], dim=-1)
+        n_keep = (excl < sampling.top_p).sum(dim=-1, keepdim=True)  # >= 1
+        x = x.masked_fill(q < qs.gather(-1, n_keep - 1), -torch.inf)
+    if gumbel is None:
+        u = torch.rand(x.shape, generator=generator, device=x.device).clamp_(_TINY, _ONE_MINUS)
+        gumbel = -torch.log(-torch.log(u))
+    return (x + gumbel).argmax(dim=-1)
+
+
+@dataclass(frozen=True)
+class _DeviceTables:
+    next_state: Tensor  # (S+1, V) int64
+    side_next: Tensor  # (K+1, V) int64
+    dist: Tensor  # (K+1) * (S+1) flat, int32
+    dist_next: Tensor | None  # (S+1, V) int32 when K == 1
+    states: int  # S + 1
+
+
+_DEVICE_TABLES: weakref.WeakKeyDictionary[DecodingTables, dict[str, _DeviceTables]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def device_tables(tables: DecodingTables, device: torch.device) -> _DeviceTables:
+    """The tables on ``device``, copied once per tables object and device."""
+    per_device = _DEVICE_TABLES.setdefault(tables, {})
+    got = per_device.get(str(device))
+    if got is None:
+        flat = tables.num_side_states == 1
+        got = per_device[str(device)] = _DeviceTables(
+            next_state=torch.from_numpy(tables.next_state.astype(np.int64)).to(device),
+            side_next=torch.from_numpy(tables.side_next.astype(np.int64)).to(device),
+            dist=torch.from_numpy(tables.dist.reshape(-1).copy()).to(device),
+            dist_next=torch.from_numpy(tables.dist_next.copy()).to(device) if flat else None,
+            states=tables.next_state.shape[0],
+        )
+    return got
+
+
+@torch.inference_mode()
+def sample_torch(
+    model: TorchModel, tables: DecodingTables, request: DecodeRequest, *, check_every: int = 16
+) -> DecodeResult:
+    """Decode one batch (see :class:`~gramophone.decoding.loop.DecodeRequest`).
+
+    Noise: ``torch.rand`` from a ``torch.Generator`` on the model's device seeded with
+    ``request.seed``, turned into Gumbel noise; the same seed on the same device gives the
+    same streams.
+    """
+    device = model.device
+    B, N, P = request.num, request.budget, len(request.prompt)
+    sampling, eos, pad = request.sampling, tables.eos, tables.pad
+    tab = device_tables(tables, device) if request.constrained else None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(request.seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+
+    prompt = torch.tensor(request.prompt, dtype=torch.long, device=device).expand(B, P)  # (B, P)
+    logits, cache = model.prefill(
+        prompt, torch.full((B,), P, dtype=torch.long, device=device), request.cache_len
+    )
+    tokens = torch.full((B, N), pad, dtype=torch.long, device=device)
+    tokens[:, :P] = prompt
+    positions = torch.arange(N, device=device)
+    state = torch.full((B,), request.state, dtype=torch.long, device=device)
+    side = torch.full((B,), request.side, dtype=torch.long, device=device)
+    ended = torch.zeros(B, dtype=torch.bool, device=device)
+    steps = 0
+    for t in range(P, N):
+        remaining = N - t
+        blocked: Tensor | None = None  # ~allowed (rule 1)
+        if tab is not None:
+            if tab.dist_next is not None:  # no side constraint: one row gather
+                blocked = tab.dist_next.index_select(0, state) >= remaining  # (B, V)
+            else:
+                ns = tab.next_state.index_select(0, state)  # (B, V)
+                nk = tab.side_next.index_select(0, side)  # (B, V)
+                blocked = tab.dist[nk * tab.states + ns] >= remaining  # (B, V)
+        tok = choose(logits, blocked, sampling, generator)
+        tok = torch.where(ended, pad, tok)  # (B,)
+        tokens[:, t] = tok
+        if tab is not None:
+            new_state = tab.next_state[state, tok]
+            state = torch.where(ended, state, new_state)
+            if tab.dist_next is None:
+                side = torch.where(ended, side, tab.side_next[side, tok])
+        ended |= tok == eos
+        steps += 1
+        if t + 1 < N:
+            logits, cache = model.step(tok, cache, positions[t].expand(B))
+        if request.stop_early and check_every and steps % check_every == 0 and bool(ended.all()):
+            break  # the only host sync: once every check_every steps
+    out = tokens.cpu().numpy().astype(np.int32)
+    seconds = time.perf_counter() - t0
+    return DecodeResult(out, lengths_of(out, eos), steps, seconds)
+
+
+def backend_sampler(backend: Any, params: Any) -> Callable[[DecodingTables, DecodeRequest], DecodeResult]:
+    """The loop for the torch backend's ``params`` (a ``GPT`` module), as the driver wants it."""
+    model = gpt_model(params)
+    return lambda tables, request: sample_torch(model, tables, request)
