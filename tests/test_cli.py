@@ -181,3 +181,16 @@ def test_large_text_input_is_streamed(tmp_path: Path, capsys: pytest.CaptureFixt
     assert path.stat().st_size > 2 << 20
     code, out, _ = run(["check", str(path)], capsys)
     assert code == 0 and "valid (396000 tokens)" in out
+
+
+def test_closed_pipe_stops_quietly(files: dict[str, Path]) -> None:
+    """`gramophone check MANY | head -1`: no BrokenPipeError traceback."""
+    exe = [sys.executable, "-m", "gramophone"]
+    many = [str(files["good_txt"])] * 5000
+    proc = subprocess.Popen([*exe, "check", *many], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err
