@@ -1007,3 +1007,17 @@ def test_cli_decode_refuses_a_checkpoint_for_another_tokenizer(
         assert code == 2 and message in err and err.count("\n") == 1, err
     code, _, err = decode_cli(["--backend", "mxnet", "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "unknown backend 'mxnet'" in err
+
+
+def test_greedy_on_the_bundled_model_is_the_same_on_torch_and_jax(tmp_path: Path) -> None:
+    """The issue's promise, on the shipped weights (not only on random small models)."""
+    from gramophone.cli import main
+
+    texts = []
+    for backend in ("torch", "jax"):
+        out = tmp_path / backend
+        args = ["decode", "--backend", backend, "--greedy", "--num", "1", "--max-tokens", "96"]
+        assert main([*args, "--no-audio", "--out", str(out)]) == 0
+        texts.append((out / "piece-000.txt").read_text().split())
+    assert len(texts[0]) > 8
+    assert texts[0] == texts[1]
