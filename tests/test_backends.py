@@ -115,7 +115,7 @@ def test_configs_round_trip_and_validate() -> None:
     assert (tiny.train.seq_len, tiny.train.batch_size, tiny.train.total_steps) == (64, 4, 20)
     small = PRESETS["small"].model_config(vocab_size=100)
     assert small == ModelConfig(vocab_size=100)
-    with pytest.raises(ValueError, match="known presets: small, tiny"):
+    with pytest.raises(ValueError, match="known presets: chorales, small, tiny"):
         get_preset("huge")
 
 

@@ -57,12 +57,12 @@ class CausalSelfAttention(nn.Module):
         mask: Array,
         *,
         deterministic: bool,
-        cache: KV | None = None,
+        cache: Any = None,
         positions: Array | None = None,
     ) -> tuple[Array, KV]:
         """``x`` (B, T, C); ``mask`` broadcastable to (B, nh, T, S), true where a key is
-        visible. With ``cache`` (k, v) each (B, nh, S, hs) and T == 1: write this token's
-        key/value at ``positions`` (B,) and attend to the cache.
+        visible. With ``cache`` (K, V, layer) and T == 1: a decode step, see
+        :meth:`_attend_cached`.
         Returns the output (B, T, C) and the keys/values attended to."""
         B, T, C = x.shape
         nh = self.config.n_heads
@@ -71,9 +71,7 @@ class CausalSelfAttention(nn.Module):
         k = k.reshape(B, T, nh, C // nh).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
         v = v.reshape(B, T, nh, C // nh).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
         if cache is not None:
-            rows = jnp.arange(B)
-            k = cache[0].at[rows, :, positions].set(k[:, :, 0])  # (B, nh, S, hs)
-            v = cache[1].at[rows, :, positions].set(v[:, :, 0])  # (B, nh, S, hs)
+            return self._attend_cached(q, k, v, mask=mask, cache=cache, positions=positions)
         att = (q @ k.transpose(0, 1, 3, 2)) / math.sqrt(C // nh)  # (B, nh, T, S)
         att = jnp.where(mask, att, jnp.finfo(att.dtype).min)
         att = jax.nn.softmax(att, axis=-1)
@@ -81,6 +79,22 @@ class CausalSelfAttention(nn.Module):
         y = att @ v  # (B, nh, T, hs)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C)
         return self.resid_drop(self.proj(y), deterministic=deterministic), (k, v)
+
+    def _attend_cached(self, q: Array, k: Array, v: Array, *, mask: Array, cache: Any, positions: Any) -> Any:
+        """One decode step (T == 1, no dropout). ``cache`` is ``(K, V, layer)`` with K, V the
+        whole stack (L, B, nh, S, hs): only this token's key/value is scattered into it, so
+        inside a ``lax.while_loop`` XLA updates the buffers in place instead of rebuilding
+        them every step. Returns the output (B, 1, C) and the updated (K, V)."""
+        K, V, layer = cache
+        B, nh, _, hs = q.shape
+        rows = jnp.arange(B)
+        K = K.at[layer, rows, :, positions].set(k[:, :, 0])  # (L, B, nh, S, hs)
+        V = V.at[layer, rows, :, positions].set(v[:, :, 0])
+        att = (q @ K[layer].transpose(0, 1, 3, 2)) / math.sqrt(hs)  # (B, nh, 1, S)
+        att = jnp.where(mask, att, jnp.finfo(att.dtype).min)
+        att = jax.nn.softmax(att, axis=-1)
+        y = (att @ V[layer]).transpose(0, 2, 1, 3).reshape(B, 1, nh * hs)  # (B, 1, C)
+        return self.resid_drop(self.proj(y), deterministic=True), (K, V)
 
 
 class MLP(nn.Module):
@@ -112,7 +126,7 @@ class Block(nn.Module):
         mask: Array,
         *,
         deterministic: bool,
-        cache: KV | None = None,
+        cache: Any = None,
         positions: Array | None = None,
     ) -> tuple[Array, KV]:
         a, kv = self.attn(self.ln1(x), mask, deterministic=deterministic, cache=cache, positions=positions)
@@ -173,14 +187,10 @@ class GPT(nn.Module):
         x = self.embed(token[:, None], positions[:, None], deterministic=True)  # (B, 1, C)
         # key j is visible to row b iff j <= positions[b]
         mask = (jnp.arange(S)[None, :] <= positions[:, None])[:, None, None, :]  # (B,1,1,S)
-        ks, vs = [], []
+        K, V = cache  # (L, B, nh, S, hs) each
         for i, block in enumerate(self.blocks):
-            x, (k, v) = block(
-                x, mask, deterministic=True, cache=(cache[0][i], cache[1][i]), positions=positions
-            )
-            ks.append(k)
-            vs.append(v)
-        return self.head(self.ln_f(x[:, 0])), (jnp.stack(ks), jnp.stack(vs))  # (B, V)
+            x, (K, V) = block(x, mask, deterministic=True, cache=(K, V, i), positions=positions)
+        return self.head(self.ln_f(x[:, 0])), (K, V)  # (B, V)
 
 
 # ------------------------------------------------------------------ checkpoint names

@@ -172,7 +172,11 @@ class GPT(nn.Module):
         x = self.embed(token[:, None], positions[:, None])  # (B, 1, C)
         # key j is visible to row b iff j <= positions[b]
         mask = torch.arange(S, device=token.device)[None, :] <= positions[:, None]  # (B, S)
-        mask = mask[:, None, None, :]  # (B, 1, 1, S)
+        # additive float mask: a boolean one sends SDPA down a much slower CPU path
+        # (1.8 ms against 0.13 ms per step at batch 1, bundled shape)
+        mask = torch.zeros(mask.shape, dtype=self.pos_enc.dtype, device=token.device).masked_fill(
+            ~mask, float("-inf")
+        )[:, None, None, :]  # (B, 1, 1, S)
         for i, block in enumerate(self.blocks):
             x, _ = block(x, mask, (cache.k[i], cache.v[i]), positions)
         return self.head(self.ln_f(x[:, 0])), cache  # (B, V)
