@@ -308,6 +308,42 @@ def _tables() -> list[dict[str, Any]]:
     return out
 
 
+def _matmul_fraction(backend: str, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``decode`` records (``tokens_per_s`` of constrained decoding) with the fraction of
+    this machine's float32 GEMM throughput, measured now, that the model's FLOPs reach.
+
+    FLOPs per decoded token: ``2 N`` for the matrix multiplies (N as in
+    :func:`gramophone.bench.train.train_flops_per_token`) plus ``4 L t d`` for attention
+    over the ``t`` cached positions (on average half the budget)."""
+    from gramophone.backends import get_preset
+    from gramophone.bench.train import gemm_gflops, train_flops_per_token
+
+    peak = max(gemm_gflops("numpy"), gemm_gflops("torch"))
+    out = []
+    for r in records:
+        if r["benchmark"] != "decode_throughput" or r["mode"] != "constrained":
+            continue
+        config = get_preset(PRESET).model_config(229)
+        _, n = train_flops_per_token(config, 1)
+        flops = 2.0 * n + 4.0 * config.n_layers * (r["budget"] / 2) * config.d_model
+        gflops = r["value"] * flops / 1e9
+        out.append(
+            record(
+                "decode",
+                r["system"],
+                "tokens_per_s",
+                r["value"],
+                "tokens/s",
+                batch=r["batch"],
+                budget=r["budget"],
+                model_gflops=round(gflops, 3),
+                gemm_gflops=round(peak, 2),
+                fraction_of_gemm=round(gflops / peak, 4),
+            )
+        )
+    return out
+
+
 def run(
     quick: bool = False, backends: Sequence[str] = ("torch", "jax"), threads: int | None = 1
 ) -> list[dict[str, Any]]:
@@ -327,6 +363,7 @@ def run(
         try:
             records += _overhead(backend, quick)
             records += _context_cost(backend, quick)
+            records += _matmul_fraction(backend, [r for r in records if r.get("system") == SYSTEM[backend]])
         finally:
             if before is not None:
                 import torch
@@ -352,6 +389,10 @@ def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
     )
     lines += ["", "## Context: per-token decode cost at 64 vs 1024 positions", ""]
     lines += markdown_table(rows("decode_context"), ["system", "batch", "context", "metric", "value", "unit"])
+    lines += ["", "Constrained decoding against this machine's float32 GEMM throughput (same run):", ""]
+    lines += markdown_table(
+        rows("decode"), ["system", "batch", "value", "model_gflops", "gemm_gflops", "fraction_of_gemm"]
+    )
     lines += ["", "## Decoding tables (shipped config)", ""]
     lines += markdown_table(rows("decode_tables"), ["metric", "value", "unit", "bars", "dist_mib"])
     return [*lines, ""]
