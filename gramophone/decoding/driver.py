@@ -20,7 +20,6 @@ the prompt, BOS first and EOS last. A budget below the shortest valid completion
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import json
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from gramophone.decoding.loop import DecodeRequest, DecodeResult, backend_model, sample_numpy
 from gramophone.decoding.rules import INF, Sampling
 from gramophone.decoding.tables import DecodingTables, PreparedPrompt, decoding_tables, prepare_prompt
-from gramophone.errors import CheckpointError, DecodingError, GramophoneError
+from gramophone.errors import DecodingError, GramophoneError
 
 if TYPE_CHECKING:
     from miditok import REMI
@@ -44,7 +43,6 @@ __all__ = [
     "DecodeSummary",
     "LoadedModel",
     "check_budget",
-    "check_checkpoint_matches",
     "decode_to_folder",
     "generate",
     "load_model",
@@ -80,28 +78,6 @@ def sampler_for(backend: Backend, params: Any) -> SampleFn:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _vocab_hash(vocab: tuple[str, ...]) -> str:
-    """sha256 (16 hex) of the token names in id order, as ``checkpoint_meta`` records it."""
-    return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()[:16]
-
-
-def check_checkpoint_matches(
-    model: ModelConfig, meta: dict[str, Any], tokenizer: REMI, automaton: Automaton, where: str
-) -> None:
-    """:class:`CheckpointError` unless the checkpoint was trained for this tokenizer:
-    :func:`gramophone.models.check_compatible` (vocabulary size, recorded vocabulary,
-    automaton hash) and, when recorded, the vocabulary hash."""
-    from gramophone.models import check_compatible
-
-    check_compatible(meta, model.vocab_size, tokenizer, automaton, where=where)
-    theirs = meta.get("vocab_hash")
-    if theirs is not None and theirs != _vocab_hash(automaton.vocab):
-        raise CheckpointError(
-            f"{where}: the checkpoint was trained for a vocabulary with hash {theirs}, the tokenizer's "
-            f"is {_vocab_hash(automaton.vocab)}; use the tokenizer the model was trained with"
-        )
-
-
 @dataclass
 class LoadedModel:
     """A checkpoint loaded for decoding, with its tokenizer and grammar."""
@@ -124,6 +100,7 @@ def load_model(backend_name: str, checkpoint: str | Path | None = None) -> Loade
     from gramophone.backends import checkpoint as ckpt
     from gramophone.backends import get_backend
     from gramophone.grammar import compile_remi
+    from gramophone.models import check_compatible
     from gramophone.tokenizers import load_tokenizer
 
     backend = get_backend(backend_name)
@@ -137,7 +114,7 @@ def load_model(backend_name: str, checkpoint: str | Path | None = None) -> Loade
     tok_file = path / "tokenizer.json"
     tokenizer = load_tokenizer(tok_file if tok_file.is_file() else None)
     automaton = compile_remi(tokenizer)
-    check_checkpoint_matches(info.model, info.meta, tokenizer, automaton, str(path))
+    check_compatible(info.meta, info.model.vocab_size, tokenizer, automaton, where=str(path))
     loaded = backend.load(path)
     return LoadedModel(backend, loaded.params, info.model, tokenizer, automaton, path)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ __all__ = [
     "check_compatible",
     "checkpoint_meta",
     "load_checkpoint",
+    "vocab_hash",
 ]
 
 BUNDLED_NAME = "bundled"
@@ -50,6 +51,11 @@ def bundled_checkpoint_path() -> Path:
     return path
 
 
+def vocab_hash(vocab: Sequence[str]) -> str:
+    """sha256 (16 hex) of the JSON list of token names in id order."""
+    return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()[:16]
+
+
 def checkpoint_meta(tokenizer: REMI, automaton: Automaton, **extra: Any) -> dict[str, Any]:
     """The ``meta`` a training checkpoint carries: ``vocab`` (token names by id),
     ``vocab_size``, ``vocab_hash`` (sha256 of the JSON list of names, 16 hex, as decoding
@@ -61,7 +67,7 @@ def checkpoint_meta(tokenizer: REMI, automaton: Automaton, **extra: Any) -> dict
     return {
         "vocab": vocab,
         "vocab_size": len(vocab),
-        "vocab_hash": hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16],
+        "vocab_hash": vocab_hash(vocab),
         "tokenizer_hash": tokenizer_fingerprint(tokenizer),
         "tokenizer_config": tokenizer.config.to_dict(serialize=True),
         "automaton_hash": automaton.hash,
@@ -103,6 +109,12 @@ def check_compatible(
                     f"{where}: vocabulary mismatch at id {i}: the model was trained with {a!r}, "
                     f"the tokenizer has {b!r}; use the tokenizer the model was trained with"
                 )
+    theirs = meta.get("vocab_hash")
+    if theirs is not None and theirs != vocab_hash(vocab):
+        raise CheckpointError(
+            f"{where}: the checkpoint was trained for a vocabulary with hash {theirs}, the tokenizer's "
+            f"is {vocab_hash(vocab)}; use the tokenizer the model was trained with"
+        )
     if automaton is not None and meta.get("automaton_hash") not in (None, automaton.hash):
         raise CheckpointError(
             f"{where}: grammar mismatch: the model was trained against automaton "
