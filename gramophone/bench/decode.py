@@ -28,6 +28,7 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -396,3 +397,33 @@ def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
     lines += ["", "## Decoding tables (shipped config)", ""]
     lines += markdown_table(rows("decode_tables"), ["metric", "value", "unit", "bars", "dist_mib"])
     return [*lines, ""]
+
+
+def plots(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
+    """``decode_throughput.png``: tokens/s of each backend, batch and mode (one run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in records if r["benchmark"] == "decode_throughput"]
+    if not rows:
+        return []
+    groups = list(dict.fromkeys((r["system"], r["batch"]) for r in rows))
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    width = 0.8 / len(modes)
+    for j, mode in enumerate(modes):
+        values = {(r["system"], r["batch"]): r["value"] for r in rows if r["mode"] == mode}
+        ys = [values.get(g, float("nan")) for g in groups]
+        ax.bar([i + (j - (len(modes) - 1) / 2) * width for i in range(len(groups))], ys, width, label=mode)
+    ax.set_xticks(range(len(groups)), [f"{s.removeprefix('gramophone-')}, batch {b}" for s, b in groups])
+    ax.set_yscale("log")
+    ax.set_ylabel("tokens/s")
+    ax.set_title("Decoding throughput with and without the grammar's mask")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "decode_throughput.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]

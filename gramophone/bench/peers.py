@@ -41,6 +41,7 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -894,3 +895,37 @@ def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
         "",
     ]
     return lines
+
+
+def plots(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
+    """``mask_step.png``: microseconds per step (log scale) of each system on the full
+    grammar, at batch 1 and 64."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [
+        r
+        for r in records
+        if r["benchmark"] == "mask_step" and r.get("status") == "ok" and r.get("grammar") == "full"
+    ]
+    if not rows:
+        return []
+    labels = list(dict.fromkeys(f"{r['system']} ({r['loop']})" for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.4
+    for j, batch in enumerate((1, 64)):
+        values = {f"{r['system']} ({r['loop']})": r["value"] for r in rows if r["batch"] == batch}
+        ys = [values.get(label, np.nan) for label in labels]
+        ax.bar(np.arange(len(labels)) + (j - 0.5) * width, ys, width, label=f"batch {batch}")
+    ax.set_yscale("log")
+    ax.set_ylabel("us per step (whole batch)")
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=25, ha="right", fontsize=8)
+    ax.set_title("Mask step on the full REMI grammar (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "mask_step.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]

@@ -103,7 +103,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             lines += [f"**This section failed**: {errors[0]['error']}", ""]
         if mine:
             mod = importlib.import_module(module)
-            lines += mod.markdown(mine)
+            lines += [*mod.markdown(mine), ""]
             plot = getattr(mod, "plots", None)
             if plot is not None:
                 for path in plot(mine, out):
