@@ -67,3 +67,27 @@ def test_music_stats_on_chorales(chorale_midis: list) -> None:  # type: ignore[t
     assert stats["scale_consistency"] > 0.85
     assert 2.0 < stats["pitch_class_entropy"] < 3.585
     assert 0.0 <= stats["empty_beat_rate"] < 0.2
+
+
+@pytest.mark.slow
+def test_validity_table_quick_run() -> None:
+    """The whole validity pipeline at its quick size: three tiny models trained with the
+    three losses, sampled freely and masked, judged without the automaton. Masked
+    sampling must be valid for every piece, whatever the model learned."""
+    from gramophone.bench import validity_table
+
+    records = validity_table.run(quick=True)
+    rows = [r for r in records if r["benchmark"] == "validity"]
+    assert {(r["training"], r["sampling"]) for r in rows} == {
+        (loss, mode) for loss in validity_table.LOSSES for mode in ("free", "masked")
+    }
+    for r in rows:
+        assert r["n"] == validity_table.QUICK["n"]
+        assert 0.0 <= r["value"] <= 1.0
+        if r["sampling"] == "masked":
+            assert r["value"] == 1.0, r
+            assert all(r[f"{k}_errors_per_token"] == 0 for k in ("type", "time", "note", "bar"))
+            assert 0.0 <= r["mask_removed_mass"] <= 1.0
+    held_out = [r for r in records if r["benchmark"] == "music_stats" and r["system"] == "held-out chorales"]
+    assert len(held_out) == 4
+    assert "## Valid pieces" in "\n".join(validity_table.markdown(records))
