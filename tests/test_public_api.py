@@ -41,7 +41,8 @@ def test_error_hierarchy() -> None:
 
 def test_import_loads_neither_torch_nor_jax() -> None:
     code = (
-        "import sys, gramophone, gramophone.grammar, gramophone.tokenizers, gramophone.cli; "
+        "import sys, gramophone, gramophone.grammar, gramophone.tokenizers, gramophone.cli, "
+        "gramophone.training, gramophone.models, gramophone.data, gramophone.bench.train; "
         "print(any(m in sys.modules for m in ('torch', 'jax', 'flax')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -441,15 +441,6 @@ def test_cli_errors_are_one_line(
     assert message in err and "Traceback" not in err and err.count("\n") == 1, err
 
 
-def test_training_modules_import_no_framework() -> None:
-    code = (
-        "import sys, gramophone.training, gramophone.models, gramophone.data, gramophone.bench.train; "
-        "print(any(m in sys.modules for m in ('torch', 'jax', 'flax')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-
-
 def test_bundled_checkpoint_path_is_a_clear_error_when_missing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -318,14 +318,15 @@ def _matmul_fraction(backend: str, records: Sequence[dict[str, Any]]) -> list[di
     over the ``t`` cached positions (on average half the budget)."""
     from gramophone.backends import get_preset
     from gramophone.bench.train import gemm_gflops, train_flops_per_token
+    from gramophone.tokenizers import load_tokenizer
 
     peak = max(gemm_gflops("numpy"), gemm_gflops("torch"))
+    config = get_preset(PRESET).model_config(len(load_tokenizer().vocab))
+    _, n = train_flops_per_token(config, 1)
     out = []
     for r in records:
         if r["benchmark"] != "decode_throughput" or r["mode"] != "constrained":
             continue
-        config = get_preset(PRESET).model_config(229)
-        _, n = train_flops_per_token(config, 1)
         flops = 2.0 * n + 4.0 * config.n_layers * (r["budget"] / 2) * config.d_model
         gflops = r["value"] * flops / 1e9
         out.append(
