@@ -3,16 +3,19 @@
 from gramophone.grammar.automaton import REJECT, Automaton, Component
 from gramophone.grammar.checker import Violation, check_ids
 from gramophone.grammar.compiler import compile_grammar
-from gramophone.grammar.remi import compile_remi, derive, grammar_file_text
+from gramophone.grammar.remi import compile_remi
+from gramophone.grammar.schemes import SCHEMES, compile_tokenizer, derive, grammar_file_text
 
 __all__ = [
     "REJECT",
+    "SCHEMES",
     "Automaton",
     "Component",
     "Violation",
     "check_ids",
     "compile_grammar",
     "compile_remi",
+    "compile_tokenizer",
     "derive",
     "grammar_file_text",
 ]

@@ -8,28 +8,19 @@ gramophone supports; :func:`derive` narrows it to one config and refuses, with a
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import logging
-from dataclasses import asdict, dataclass
-from importlib import resources
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from gramophone._paths import cache_dir
-from gramophone._version import __version__
-from gramophone.errors import GramophoneError, UnsupportedConfigError
+from gramophone.errors import UnsupportedConfigError
 from gramophone.grammar.automaton import Automaton, Component
-from gramophone.grammar.compiler import compile_grammar
 from gramophone.grammar.constraints import TimeModel, note_order_component, time_component
+from gramophone.grammar.schemes import compile_tokenizer, grammar_file_text
 
 if TYPE_CHECKING:
     from miditok import MusicTokenizer
 
 __all__ = ["RemiGrammar", "compile_remi", "derive", "grammar_file_text"]
-
-log = logging.getLogger(__name__)
 
 #: Options (and the value that is supported) checked by :func:`derive`.
 _UNSUPPORTED_FLAGS = {
@@ -41,11 +32,6 @@ _UNSUPPORTED_FLAGS = {
 }
 
 
-def grammar_file_text(name: str = "remi") -> str:
-    """The text of a grammar shipped as package data."""
-    return (resources.files("gramophone.grammar") / "grammars" / f"{name}.lark").read_text()
-
-
 @dataclass(frozen=True)
 class RemiGrammar:
     """A grammar narrowed to one config: lark text plus the constraints' parameters."""
@@ -55,10 +41,14 @@ class RemiGrammar:
     time: TimeModel
     remove_duplicated_notes: bool
     use_programs: bool
+    scheme: str = "remi"
 
-
-def _config_dict(tokenizer: MusicTokenizer) -> dict[str, Any]:
-    return dict(tokenizer.config.to_dict(serialize=True))
+    def components(self, vocab: Sequence[str]) -> list[Component]:
+        """Time (positions, bars, rests) and, with ``remove_duplicated_notes``, note order."""
+        out = [time_component(vocab, self.time)]
+        if self.remove_duplicated_notes:
+            out.append(note_order_component(vocab, self.use_programs))
+        return out
 
 
 def derive(tokenizer: MusicTokenizer) -> RemiGrammar:
@@ -71,8 +61,6 @@ def derive(tokenizer: MusicTokenizer) -> RemiGrammar:
             f"tokenizer {type(tokenizer).__name__} is not supported: gramophone's grammar is for REMI"
         )
     cfg = tokenizer.config
-    if tokenizer.is_trained:
-        raise UnsupportedConfigError("trained (BPE/Unigram/WordPiece) tokenizers are not supported")
     for option, supported in _UNSUPPORTED_FLAGS.items():
         if bool(getattr(cfg, option)) != supported:
             raise UnsupportedConfigError(
@@ -147,66 +135,13 @@ def derive(tokenizer: MusicTokenizer) -> RemiGrammar:
     )
 
 
-@functools.cache
-def _code_hash() -> str:
-    """Hash of the modules that build automata: a cache entry never outlives a code change
-    (between releases too, where the version alone would not notice)."""
-    digest = hashlib.sha256()
-    here = Path(__file__).parent
-    for name in ("fsa.py", "compiler.py", "constraints.py", "automaton.py", "remi.py"):
-        digest.update((here / name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _cache_key(vocab: list[str], grammar: RemiGrammar) -> str:
-    payload = json.dumps(
-        {
-            "version": __version__,
-            "code": _code_hash(),
-            "vocab": vocab,
-            "grammar": asdict(grammar),
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
-
-
 def compile_remi(tokenizer: MusicTokenizer, *, use_cache: bool = True) -> Automaton:
-    """Compile the grammar of ``tokenizer``: syntax DFA + time + note-order constraints.
+    """Compile the grammar of a REMI ``tokenizer`` (see :func:`~gramophone.grammar.compile_tokenizer`,
+    which accepts every supported scheme)."""
+    from miditok import REMI
 
-    Cached under ``cache_dir()/automata`` keyed on the vocabulary, the derived grammar and
-    the gramophone version; a corrupted cache entry is rebuilt.
-    """
-    grammar = derive(tokenizer)
-    vocab = [tok for tok, _ in sorted(tokenizer.vocab.items(), key=lambda kv: kv[1])]
-    path = cache_dir() / "automata" / f"remi-{_cache_key(vocab, grammar)}.npz"
-    if use_cache and path.exists():
-        try:
-            return Automaton.load(path)
-        except GramophoneError as exc:
-            log.warning("rebuilding the automaton cache entry: %s", exc)
-    syntax = compile_grammar(
-        grammar.text, vocab, absent_terminals=grammar.absent_terminals, source="remi.lark"
-    )
-    components = [
-        Component(
-            name="syntax",
-            transitions=syntax.transitions,
-            accepting=syntax.accepting,
-            start=syntax.start,
-        ),
-        time_component(vocab, grammar.time),
-    ]
-    if grammar.remove_duplicated_notes:
-        components.append(note_order_component(vocab, grammar.use_programs))
-    meta = {
-        "gramophone_version": __version__,
-        "tokenizer_config": json.dumps(_config_dict(tokenizer), sort_keys=True, default=str),
-    }
-    automaton = Automaton(tuple(vocab), tuple(components), grammar.text, meta)
-    if use_cache:
-        try:
-            automaton.save(path)
-        except OSError as exc:  # a read-only cache is not fatal
-            log.warning("could not write the automaton cache %s: %s", path, exc)
-    return automaton
+    if not isinstance(tokenizer, REMI):
+        raise UnsupportedConfigError(
+            f"tokenizer {type(tokenizer).__name__} is not REMI: use compile_tokenizer"
+        )
+    return compile_tokenizer(tokenizer, use_cache=use_cache)
