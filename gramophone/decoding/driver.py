@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gramophone.decoding.loop import DecodeRequest, DecodeResult, backend_model, sample_numpy
-from gramophone.decoding.rules import INF, Sampling
+from gramophone.decoding.rules import Sampling
 from gramophone.decoding.tables import DecodingTables, PreparedPrompt, decoding_tables, prepare_prompt
 from gramophone.errors import DecodingError, GramophoneError
 
 if TYPE_CHECKING:
-    from miditok import REMI
+    from miditok import MusicTokenizer as REMI
+
+    from gramophone.tokenizers.learned import LearnedVocab
 
     from gramophone.backends import Backend, ModelConfig
     from gramophone.grammar import Automaton
@@ -99,7 +101,7 @@ def load_model(backend_name: str, checkpoint: str | Path | None = None) -> Loade
     """
     from gramophone.backends import checkpoint as ckpt
     from gramophone.backends import get_backend
-    from gramophone.grammar import compile_remi
+    from gramophone.grammar import compile_tokenizer
     from gramophone.models import check_compatible
     from gramophone.tokenizers import load_tokenizer
 
@@ -113,7 +115,7 @@ def load_model(backend_name: str, checkpoint: str | Path | None = None) -> Loade
     info = ckpt.read_info(path)
     tok_file = path / "tokenizer.json"
     tokenizer = load_tokenizer(tok_file if tok_file.is_file() else None)
-    automaton = compile_remi(tokenizer)
+    automaton = compile_tokenizer(tokenizer)
     check_compatible(info.meta, info.model.vocab_size, tokenizer, automaton, where=str(path))
     loaded = backend.load(path)
     return LoadedModel(backend, loaded.params, info.model, tokenizer, automaton, path)
@@ -142,19 +144,18 @@ def check_budget(prompt: PreparedPrompt, budget: int, max_len: int, bars: int | 
 
 
 def prepare(
-    automaton: Automaton, prompt_ids: list[int] | None, budget: int, max_len: int, options: DecodeOptions
+    automaton: Automaton,
+    prompt_ids: list[int] | None,
+    budget: int,
+    max_len: int,
+    options: DecodeOptions,
+    learned: LearnedVocab | None = None,
 ) -> tuple[DecodingTables, PreparedPrompt]:
-    """Tables for ``budget`` and the checked prompt; a :class:`DecodingError` that names the
-    minimum when the budget is too small (with ``--bars`` the tables are searched up to the
-    budget only, so the minimum is then found on tables without that bound)."""
+    """Tables over ``learned`` (default: the base vocabulary) and the checked prompt; a
+    :class:`DecodingError` that names the minimum when the budget is too small."""
     name = str(options.prompt or "the prompt")
-    tables = decoding_tables(automaton, options.bars, limit=budget)
+    tables = decoding_tables(automaton, options.bars, learned=learned)
     prompt = prepare_prompt(tables, automaton, prompt_ids, name=name)
-    if prompt.min_total >= INF:
-        unbounded = decoding_tables(automaton, options.bars)
-        check_budget(
-            prepare_prompt(unbounded, automaton, prompt_ids, name=name), budget, max_len, options.bars
-        )
     check_budget(prompt, budget, max_len, options.bars)
     return tables, prompt
 
@@ -196,7 +197,7 @@ def generate(
     seconds = compile_seconds = 0.0
     for i, size in enumerate(split_batches(num, batch_size)):
         request = DecodeRequest(
-            prompt.ids, prompt.state, prompt.side, size, budget, sampling, (seed * 1_000_003 + i) % 2**63
+            prompt.ids, prompt.state, size, budget, sampling, (seed * 1_000_003 + i) % 2**63
         )
         result = sample(tables, request)
         got = result.streams()[: num - len(streams)]
@@ -302,7 +303,10 @@ def decode_to_folder(options: DecodeOptions, log: Callable[[str], None] | None =
     loaded = load_model(options.backend, options.checkpoint)
     budget = options.max_tokens if options.max_tokens is not None else loaded.config.max_len
     prompt_ids = read_prompt(options.prompt, loaded.tokenizer) if options.prompt is not None else None
-    tables, prompt = prepare(loaded.automaton, prompt_ids, budget, loaded.config.max_len, options)
+    from gramophone.tokenizers.learned import learned_vocab
+
+    learned = learned_vocab(loaded.tokenizer)
+    tables, prompt = prepare(loaded.automaton, prompt_ids, budget, loaded.config.max_len, options, learned)
     out = Path(options.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -338,7 +342,7 @@ def decode_to_folder(options: DecodeOptions, log: Callable[[str], None] | None =
     for i, ids in enumerate(tqdm(gen.streams, desc="writing", unit="piece", disable=not options.progress)):
         stem = out / f"piece-{i:03d}"
         write_token_file(stem.with_suffix(".json"), ids, loaded.tokenizer)
-        report = check_stream(tables.automaton, ids)
+        report = check_stream(tables.automaton, tables.learned.expand(ids)[0])
         if report.violation is not None:
             summary.invalid.append(f"{stem.name}: {report.violation}")
         score = decode_ids(loaded.tokenizer, ids)

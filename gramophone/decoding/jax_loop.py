@@ -1,15 +1,14 @@
 """The decoding loop in JAX: prefill and the whole generation in one jitted ``lax.while_loop``.
 
-The loop state (the carry) is one small tuple, as in Flax's lm1b ``temperature_sampler``:
-the position ``t``, the token buffer ``int32[B, C]``, the KV cache, the logits of the next
-position, the automaton state ``(state, side)`` (two ``int32[B]``), the ``ended`` mask and
-the PRNG key. The model is a :class:`JaxModel`: two pure functions that receive the model's
+The loop state (the carry, :class:`_Carry`) is one small named tuple, as in Flax's lm1b
+``temperature_sampler``: the position ``t``, the token buffer ``int32[B, C]``, the KV cache,
+the logits of the next position, the automaton state ``int32[B, G]``, the ``ended`` mask
+and the PRNG key. The model is a :class:`JaxModel`: two pure functions that receive the model's
 arguments (a pytree, e.g. the parameters) explicitly, so that the parameters are traced
 arguments rather than constants baked into the executable, and a stand-in model can replace
 the Transformer. Nothing runs in Python per step.
 
-Compiled once per shape (batch, prompt bucket, cache length, tables) and per kind of
-tables (with or without side constraints); the budget, prompt length, prompt, automaton
+Compiled once per shape (batch, prompt bucket, cache length, tables' shapes); the budget, prompt length, prompt, automaton
 state, sampling rules (greedy, temperature, top-k, top-p, switched by ``lax.cond``) and
 seed are traced values, so changing them never recompiles. Compiled executables are
 kept (:data:`_COMPILED`) so the compile time can be reported apart.
@@ -20,7 +19,6 @@ Imported only when the JAX backend is chosen.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -31,8 +29,9 @@ import numpy as np
 from jax import lax
 
 from gramophone.decoding.loop import DecodeRequest, DecodeResult, lengths_of
-from gramophone.decoding.rules import FMAX, INF, Sampling
+from gramophone.decoding.rules import FMAX, Sampling
 from gramophone.decoding.tables import DecodingTables
+from gramophone.kernels import jax as kernels
 
 __all__ = [
     "JaxModel",
@@ -82,17 +81,9 @@ class _Static(NamedTuple):
     model: JaxModel
     cache_len: int
     constrained: bool
-    flat: bool  # no side constraint: the mask is one gather from dist_next
     stop_early: bool
     eos: int
     pad: int
-
-
-class _Tables(NamedTuple):
-    next_state: Array  # int32[S+1, V]
-    side_next: Array  # int32[K+1, V]
-    dist: Array  # int32[(K+1) * (S+1)]
-    dist_next: Array  # int32[S+1, V] (flat tables) or int32[1, 1]
 
 
 class SamplingArrays(NamedTuple):
@@ -171,81 +162,58 @@ class _Inputs(NamedTuple):
     prompt: Array  # int32[B, Pb], padded with PAD after prompt_len
     prompt_len: Array  # int32 scalar
     budget: Array  # int32 scalar
-    state0: Array  # int32[B]
-    side0: Array  # int32[B]
-    tabs: _Tables
+    state0: Array  # int32[B, G]
+    tabs: kernels.JaxTables
     sampling: SamplingArrays
+    key: Array  # PRNG key
+
+
+class _Carry(NamedTuple):
+    """The while loop's state."""
+
+    t: Array  # int32: the position written next
+    buf: Array  # int32[B, C]: the streams so far
+    cache: Any  # the model's KV cache
+    logits: Array  # float32[B, V]: the model's logits for position t
+    state: Array  # int32[B, G]: the automaton state of each stream
+    ended: Array  # bool[B]
     key: Array  # PRNG key
 
 
 def _generate(static: _Static, args: Any, inputs: _Inputs) -> tuple[Array, Array]:
     """Prefill, then the while loop. Returns the buffer int32[B, C] and the final ``t``."""
-    prompt, prompt_len, budget, state0, side0, tabs, sampling, key = inputs
+    prompt, prompt_len, budget, state0, tabs, sampling, key = inputs
     B = prompt.shape[0]
     C = static.cache_len
-    S1 = tabs.next_state.shape[0]
     logits, cache = static.model.prefill(args, prompt, jnp.full((B,), prompt_len, jnp.int32), C)
     buf = lax.dynamic_update_slice(jnp.full((B, C), static.pad, jnp.int32), prompt, (0, 0))
     ended = jnp.zeros((B,), bool)
-    init = (prompt_len, buf, cache, logits, state0, side0, ended, key)
+    init = _Carry(prompt_len, buf, cache, logits, state0, ended, key)
 
-    def cond(carry: tuple[Any, ...]) -> Array:
-        t, ended = carry[0], carry[6]
-        go = t < budget
-        return go & ~jnp.all(ended) if static.stop_early else go
+    def cond(carry: _Carry) -> Array:
+        go = carry.t < budget
+        return go & ~jnp.all(carry.ended) if static.stop_early else go
 
-    def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        t, buf, cache, logits, state, side, ended, key = carry
+    def body(carry: _Carry) -> _Carry:
+        t, buf, cache, logits, state, ended, key = carry
         key, sub = jax.random.split(key)
-        remaining = budget - t
-        allowed = None
-        if static.constrained:
-            if static.flat:
-                allowed = tabs.dist_next[state] < remaining  # (B, V)
-            else:
-                ns, nk = tabs.next_state[state], tabs.side_next[side]  # (B, V)
-                allowed = tabs.dist[nk * S1 + ns] < remaining  # (B, V)
+        allowed = kernels.allowed(tabs, state, budget - t) if static.constrained else None  # (B, V)
         tok = choose(logits, allowed, sub, sampling)
         tok = jnp.where(ended, static.pad, tok)  # (B,)
         buf = lax.dynamic_update_slice(buf, tok[:, None], (0, t))
         if static.constrained:
-            state = jnp.where(ended, state, tabs.next_state[state, tok])
-            if not static.flat:
-                side = jnp.where(ended, side, tabs.side_next[side, tok])
+            state = jnp.where(ended[:, None], state, kernels.advance(tabs, state, tok))
         ended = ended | (tok == static.eos)
         logits, cache = static.model.step(args, tok, cache, jnp.full((B,), t, jnp.int32))
-        return (t + 1, buf, cache, logits, state, side, ended, key)
+        return _Carry(t + 1, buf, cache, logits, state, ended, key)
 
     final = lax.while_loop(cond, body, init)
-    return final[1], final[0]
+    return final.buf, final.t
 
 
 _jitted = jax.jit(_generate, static_argnums=(0,))
 _COMPILED: dict[Any, Any] = {}
 _MAX_COMPILED = 32
-_DEVICE_TABLES: weakref.WeakKeyDictionary[DecodingTables, _Tables] = weakref.WeakKeyDictionary()
-
-
-def _device_tables(tables: DecodingTables) -> _Tables:
-    """The tables as device arrays, copied once per tables object. The side tables are
-    padded to a power of two of rows (at least 4) with unreachable dead rows, so that
-    ``--bars 3`` and ``--bars 2`` share one compiled loop."""
-    got = _DEVICE_TABLES.get(tables)
-    if got is None:
-        flat = tables.num_side_states == 1
-        side_next, dist = tables.side_next, tables.dist
-        if not flat:
-            rows = max(4, 1 << (side_next.shape[0] - 1).bit_length())
-            dead = side_next.shape[0] - 1
-            side_next = np.vstack([side_next, np.full((rows - dead - 1, side_next.shape[1]), dead, np.int32)])
-            dist = np.vstack([dist, np.full((rows - dead - 1, dist.shape[1]), INF, np.int32)])
-        got = _DEVICE_TABLES[tables] = _Tables(
-            next_state=jnp.asarray(tables.next_state),
-            side_next=jnp.asarray(side_next),
-            dist=jnp.asarray(dist.reshape(-1)),
-            dist_next=jnp.asarray(tables.dist_next) if flat else jnp.zeros((1, 1), jnp.int32),
-        )
-    return got
 
 
 def prompt_bucket(length: int, cache_len: int) -> int:
@@ -268,7 +236,6 @@ def sample_jax(model: JaxModel, args: Any, tables: DecodingTables, request: Deco
         model=model,
         cache_len=request.cache_len,
         constrained=request.constrained,
-        flat=tables.num_side_states == 1,
         stop_early=request.stop_early,
         eos=tables.eos,
         pad=tables.pad,
@@ -280,9 +247,8 @@ def sample_jax(model: JaxModel, args: Any, tables: DecodingTables, request: Deco
         jnp.asarray(prompt),
         jnp.asarray(P, jnp.int32),
         jnp.asarray(N, jnp.int32),
-        jnp.full((B,), request.state, jnp.int32),
-        jnp.full((B,), request.side, jnp.int32),
-        _device_tables(tables),
+        jnp.tile(jnp.asarray(np.asarray(request.state), jnp.int32)[None, :], (B, 1)),
+        kernels.device_tables(tables),
         SamplingArrays.of(request.sampling),
         jax.random.key(request.seed),
     )

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gramophone.decoding import rules
+from gramophone.kernels import numpy as kernels
 from gramophone.decoding.rules import Sampling
 from gramophone.decoding.tables import DecodingTables
 from gramophone.errors import DecodingError
@@ -38,16 +39,15 @@ __all__ = ["DecodeRequest", "DecodeResult", "NumpyModel", "backend_model", "samp
 class DecodeRequest:
     """One batch to decode.
 
-    ``prompt``: ids, BOS first (all rows share it); ``state``/``side``: the joint automaton
-    state after it (:func:`~gramophone.decoding.tables.prepare_prompt`); ``budget``: the
+    ``prompt``: ids, BOS first (all rows share it); ``state``: the automaton state after it,
+    ``int32[G]`` (:func:`~gramophone.decoding.tables.prepare_prompt`); ``budget``: the
     length of every output stream, prompt, BOS and EOS included (``<= capacity``);
     ``capacity``: the KV cache length (default ``budget``); ``constrained=False`` samples
     without the automaton (benchmarks); ``stop_early``: stop once every row has ended.
     """
 
     prompt: tuple[int, ...]
-    state: int
-    side: int
+    state: np.ndarray
     num: int
     budget: int
     sampling: Sampling = field(default_factory=Sampling)
@@ -128,22 +128,19 @@ def sample_numpy(model: NumpyModel, tables: DecodingTables, request: DecodeReque
     Noise: ``numpy.random.default_rng(seed).gumbel`` float32[B, V] at every step.
     """
     B, N, P = request.num, request.budget, len(request.prompt)
-    V = tables.next_state.shape[1]
+    V = tables.vocab_size
     rng = np.random.default_rng(request.seed)
     t0 = time.perf_counter()
     prompt = np.tile(np.asarray(request.prompt, np.int32), (B, 1))  # (B, P)
     logits, cache = model.prefill(prompt, np.full(B, P, np.int32), request.cache_len)
     tokens = np.full((B, N), tables.pad, np.int32)
     tokens[:, :P] = prompt
-    state = np.full(B, request.state, np.int32)
-    side = np.full(B, request.side, np.int32)
+    state = np.tile(np.asarray(request.state, np.int32), (B, 1))  # (B, G)
     ended = np.zeros(B, bool)
     steps = 0
     for t in range(P, N):
         if request.constrained:
-            allowed = rules.allowed_tokens(
-                tables.next_state, tables.side_next, tables.dist, state, side, remaining=N - t
-            )
+            allowed = kernels.allowed(tables, state, N - t)
         else:
             allowed = np.ones((B, V), bool)
         gumbel = rng.gumbel(size=(B, V)).astype(np.float32)
@@ -152,8 +149,7 @@ def sample_numpy(model: NumpyModel, tables: DecodingTables, request: DecodeReque
         tok = np.where(ended, tables.pad, tok).astype(np.int32)
         tokens[:, t] = tok
         if request.constrained:
-            ns, nk = rules.step_states(tables.next_state, tables.side_next, state, side, tok)
-            state, side = np.where(ended, state, ns), np.where(ended, side, nk)
+            state = np.where(ended[:, None], state, kernels.advance(tables, state, tok))
         ended |= tok == tables.eos
         steps += 1
         if request.stop_early and ended.all():

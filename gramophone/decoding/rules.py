@@ -3,22 +3,19 @@
 Every decoding loop (:mod:`gramophone.decoding.torch_loop`, :mod:`gramophone.decoding.jax_loop`,
 and :func:`gramophone.decoding.loop.sample_numpy`) applies exactly these rules, in this order,
 to a batch of ``B`` streams over a vocabulary of ``V`` tokens. Each stream carries its own
-automaton state ``(state, side)`` (two ``int32[B]``: the dense product state and the
-side-constraint state, see :class:`~gramophone.decoding.tables.DecodingTables`).
+automaton state ``int32[G]`` (one local state per group of components, see
+:class:`~gramophone.decoding.tables.DecodingTables`). Rules 1 and 9 are the kernels of
+:mod:`gramophone.kernels` (one module per framework); rules 2-8 are written here.
 
 At step ``t`` (the token written at position ``t``; ``budget - t`` tokens may still be
 written, this one included):
 
-1. **Allowed row (hard mask + length awareness).** Token ``v`` is allowed iff the state it
-   leads to can still reach acceptance (EOS written) within the rest of the budget::
-
-       d[b, v] = dist[side_next[side[b], v], next_state[state[b], v]]
-       allowed[b, v] = d[b, v] < budget - t
-
-   A forbidden token leads to the dead state, whose distance is :data:`INF`, so one
-   comparison does both jobs. Invariant: ``dist(state_t) <= budget - t``; it holds after a
-   valid prompt whose completion fits (checked before decoding) and every allowed token
-   keeps it, so some token is always allowed and every stream ends with EOS by ``budget``.
+1. **Allowed row (hard mask + length awareness)**, ``kernels.*.allowed``: token ``v`` is
+   allowed iff every group accepts it and the state it leads to can still reach acceptance
+   (EOS written) within the rest of the budget, ``dist(next) < budget - t``. Invariant:
+   ``dist(state_t) <= budget - t``; it holds after a valid prompt whose completion fits
+   (checked before decoding) and every allowed token keeps it, so some token is always
+   allowed and every stream ends with EOS by ``budget``.
 2. **Sanitize** (:func:`sanitize`): NaN and -inf logits become the most negative float32,
    +inf the largest, so that no model output can make the rules fail; forbidden tokens get
    -inf; the row is shifted so that its largest allowed logit is exactly 0. A row whose
@@ -37,7 +34,7 @@ written, this one included):
    on one backend; the streams of two frameworks differ, the rules do not).
 8. **After EOS** a stream writes PAD (EOS again if the vocabulary has no PAD) and its state
    stays put; the loop stops when every stream has ended or ``t == budget``.
-9. **Advance**: ``state = next_state[state, token]``, ``side = side_next[side, token]``.
+9. **Advance**, ``kernels.*.advance``: each group's state moves by its row.
 
 The functions below are that specification in numpy (float32, like the device loops); the
 tests hold the torch and JAX versions to them token for token on the same noise.
@@ -56,12 +53,10 @@ __all__ = [
     "FMAX",
     "INF",
     "Sampling",
-    "allowed_tokens",
     "apply_top_k",
     "apply_top_p",
     "choose",
     "sanitize",
-    "step_states",
 ]
 
 INF = 1 << 30
@@ -107,37 +102,6 @@ class Sampling:
     @property
     def uses_top_p(self) -> bool:
         return not self.greedy and self.top_p is not None and self.top_p < 1.0
-
-
-# ----------------------------------------------------------------------------- automaton
-
-
-def allowed_tokens(
-    next_state: np.ndarray,
-    side_next: np.ndarray,
-    dist: np.ndarray,
-    state: np.ndarray,
-    side: np.ndarray,
-    *,
-    remaining: int | np.ndarray,
-) -> np.ndarray:
-    """Rule 1. ``bool[B, V]``: tokens that keep acceptance reachable within ``remaining``.
-
-    ``next_state`` int32[S+1, V], ``side_next`` int32[K+1, V], ``dist`` int32[K+1, S+1]
-    (dead state/side last, distance :data:`INF`); ``state``, ``side`` int32[B];
-    ``remaining`` (scalar or int[B]): tokens that may still be written, this one included.
-    """
-    ns = next_state[state]  # (B, V)
-    nk = side_next[side]  # (B, V)
-    d = dist[nk, ns]  # (B, V)
-    return d < np.asarray(remaining).reshape(-1, 1)
-
-
-def step_states(
-    next_state: np.ndarray, side_next: np.ndarray, state: np.ndarray, side: np.ndarray, token: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rule 9. The states after ``token`` int32[B]: ``(int32[B], int32[B])``."""
-    return next_state[state, token], side_next[side, token]
 
 
 # ----------------------------------------------------------------------------- logits

@@ -1,35 +1,61 @@
-"""What a decoding loop receives: a dense product table, a side-constraint table and a
-layered distance-to-acceptance table (plain numpy, framework-neutral).
+"""What a decoding loop receives: per-group rows over the model's vocabulary and one
+distance table over the groups' states (plain numpy, framework-neutral).
 
 **The decoding language.** Decoding intersects the grammar's automaton with two more
 components (:func:`framing_component`, :func:`min_notes_component`): a stream starts with
 BOS, ends with EOS (PAD only after it), and holds at least one note (REMI allows a piece of
-bar headers only: ``Bar_None TimeSig_4/4`` is a complete stream, and it decodes to an empty
-MIDI file). Both are cheap: the dense product of the shipped grammar grows from 53,944 to
-54,148 states.
+bar headers only). ``--bars N`` adds a bar counter.
 
-**Dense + side, factored.** The grammar, framing and note components are multiplied into
-one dense table ``next_state int32[S+1, V]`` (product state -> next state; ~47 MiB for the
-shipped config, built in ~1.5 s and cached under ``cache_dir()/decoding``). User constraints
-such as ``--bars N`` stay a separate *side* automaton (``side_next int32[K+1, V]``, K = N+1
-states for a bar counter): the full product ``S x (N+1)`` would be ~N+1 times the table
-(3 GiB for 64 bars). Exactness is kept by the distance table ``dist int32[K+1, S+1]``:
-``dist[k, s]`` is the fewest tokens from the joint state ``(s, k)`` to acceptance,
-computed by a backward breadth-first search layer by layer (:func:`layered_distance`; only
-Bar tokens move a bar counter, so each layer is a BFS over the dense graph without Bar
-edges, seeded from the layer above). Row/column ``K``/``S`` is the dead state (every
-forbidden token leads there; distance :data:`INF`), so a loop never special-cases REJECT.
-A side automaton must be a *counter*: acyclic apart from self-loops (bar counts, note
-counts, "at most n of X" all are).
+**No table of product states x vocabulary.** A dense product table ``int32[S, V]`` is 47 MiB
+for the shipped REMI config (54k states x 229 tokens) and would be 6.5 GB with a 30k BPE
+vocabulary; for configs with rests and programs the product cannot even be built. So the
+components stay apart at decode time, in a few **groups** (small components are merged
+into one group while that does not grow the rows, :func:`_plan_groups`). Each group ``g``
+keeps two tables over the model's vocabulary (a learned token lifted: its row is the
+component run over the token's base sequence, :func:`lift`):
 
-Without side constraints (K = 1) the table ``dist_next int32[S+1, V] = dist[0, next_state]``
-is precomputed too, so the mask of a step is one row gather and one comparison.
+- ``next[g]`` ``int32[S_g+1, V]``: the group's next local state, ``S_g`` (dead) where the
+  token is forbidden; row ``S_g`` is dead too;
+- ``valid[g]`` ``bool[S_g+1, V]``: ``next[g] != S_g``.
+
+A stream's state is ``int32[G]`` (one local state per group). The distance to acceptance is
+exact over the **cartesian product of the groups' states** (``dist``, flat, ``uint8`` or
+``uint16``, dead or unreachable cells at the dtype's maximum): it is computed once by a
+backward search over the reachable product of the base automaton (cached) and scattered into
+the cartesian array at the cell of each reachable product state. The mask of a step is then
+
+- when ``remaining > max_distance`` (most steps): ``AND_g valid[g][state_g]`` — every token
+  that all groups accept keeps a piece completable, because no reachable state is a dead
+  end (checked when the tables are built; otherwise this path is never taken);
+- in the last ``max_distance`` steps: ``dist[sum_g next[g][state_g] * stride_g] <
+  min(remaining, dist_inf)``, exact.
+
+**Sizes** (shipped REMI config): groups {syntax, framing, notes} (54 states), time (195),
+note order (74); cartesian 808k cells, 0.8 MiB of ``uint8``; rows ``(55 + 196 + 75) x V x 5``
+bytes: 0.4 MiB at V = 229, 47 MiB at V = 30,000 (against 6.5 GB for a dense lifted product).
+
+**Where the cartesian is too large** (rests + programs: 30 billion cells), the largest
+groups whose states are all accepting (time and order constraints: *safety* components) are
+left out of the distance: they still mask every step, but the distance is that of the other
+groups, a lower bound. ``exact`` is then False: the budget is still respected, but a piece
+may, rarely, be cut before its end in the last ``max_distance`` steps (the output check
+reports it). This is stated in the README; it is not proven safe.
+
+**Trained vocabularies.** A learned token is allowed iff its base sequence is valid from
+the state and leaves a piece completable within the budget. Distances count base tokens;
+every base token the grammar uses is also a learned token (checked), so a completion always
+fits: the mask is safe, and conservative only in the last ``max_distance`` steps (where a
+completion in fewer, longer learned tokens would also fit).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import os
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -43,6 +69,7 @@ from gramophone.errors import DecodingError, GramophoneError
 from gramophone.grammar import REJECT, Automaton, Component
 from gramophone.grammar.checker import check_stream
 from gramophone.grammar.constraints import bars_component
+from gramophone.tokenizers.learned import LearnedVocab
 
 __all__ = [
     "DecodingTables",
@@ -51,6 +78,7 @@ __all__ = [
     "decoding_tables",
     "framing_component",
     "layered_distance",
+    "lift",
     "min_notes_component",
     "prepare_prompt",
 ]
@@ -59,7 +87,9 @@ log = logging.getLogger(__name__)
 
 BOS, EOS, PAD = "BOS_None", "EOS_None", "PAD_None"
 NOTE_KINDS = ("Pitch", "PitchDrum")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
+MAX_CELLS = 1 << 28  # largest cartesian distance table (bytes at uint8)
+MAX_GROUP_ROWS = 4096  # largest merged group
 
 
 def _kind(token: str) -> str:
@@ -94,18 +124,31 @@ def min_notes_component(vocab: Sequence[str], notes: int = 1) -> Component:
     return Component(f"notes>={notes}", T, np.arange(S) == notes, 0)
 
 
+def _ends_only_when_accepting(component: Component, vocab: Sequence[str]) -> Component:
+    """``component`` with EOS forbidden in its non-accepting states. Under the framing
+    component nothing but PAD follows EOS, so the language is the same; but without this an
+    EOS before the last note (or bar) would be a token every component accepts that leads
+    to a dead end, and the cheap mask (see the module docstring) could not be used."""
+    if EOS not in vocab:
+        return component
+    T = component.transitions.copy()
+    T[~component.accepting, list(vocab).index(EOS)] = REJECT
+    return Component(component.name, T, component.accepting, component.start, dict(component.info))
+
+
 def decoding_automaton(automaton: Automaton, bars: int | None = None) -> Automaton:
     """The grammar + framing (+ at least one note when the vocabulary has notes) + an exact
     bar count. Its checker states why a stream is not a valid decoder output."""
-    out = automaton.with_component(framing_component(automaton.vocab))
-    if any(_kind(t) in NOTE_KINDS for t in automaton.vocab):
-        out = out.with_component(min_notes_component(automaton.vocab))
+    vocab = automaton.vocab
+    out = automaton.with_component(framing_component(vocab))
+    if any(_kind(t) in NOTE_KINDS for t in vocab):
+        out = out.with_component(_ends_only_when_accepting(min_notes_component(vocab), vocab))
     if bars is not None:
         if bars < 1:
             raise DecodingError(f"--bars must be at least 1, got {bars}")
         if "Bar_None" not in automaton.token_index:
             raise DecodingError("--bars needs Bar_None in the vocabulary")
-        out = out.with_component(bars_component(automaton.vocab, bars))
+        out = out.with_component(_ends_only_when_accepting(bars_component(vocab, bars), vocab))
     return out
 
 
@@ -218,166 +261,350 @@ def layered_distance(
 # ----------------------------------------------------------------------------- tables
 
 
+def lift(T: np.ndarray, learned: LearnedVocab | None) -> np.ndarray:
+    """``int32[S, V_model]``: a component's transitions ``T`` (``int32[S, V_base]``, REJECT)
+    run over each model token's base sequence (REJECT once any step rejects). The identity
+    vocabulary returns ``T`` itself; an empty learned piece leaves every state in place."""
+    if learned is None or not learned.trained:
+        return T
+    S = T.shape[0]
+    Td = np.vstack([np.where(T == REJECT, S, T), np.full((1, T.shape[1]), S, T.dtype)])  # S: dead
+    pieces = learned.padded  # (V, L)
+    cur = np.tile(np.arange(S, dtype=np.int32)[:, None], (1, pieces.shape[0]))  # (S, V)
+    for j in range(pieces.shape[1]):
+        active = np.nonzero(pieces[:, j] >= 0)[0]
+        if active.size == 0:
+            break
+        cur[:, active] = Td[cur[:, active], pieces[active, j]]
+    return np.where(cur == S, REJECT, cur).astype(np.int32)
+
+
+def _plan_groups(sizes: Sequence[int]) -> list[list[int]]:
+    """Components merged into groups: the two smallest groups merge while their product
+    has no more rows than the two apart plus 64 (so rows never grow much) and stays below
+    :data:`MAX_GROUP_ROWS`. Returns component indices per group, in component order."""
+    groups = [[i] for i in range(len(sizes))]
+    size = {i: int(n) for i, n in enumerate(sizes)}
+
+    def rows(g: list[int]) -> int:
+        return int(np.prod([size[i] for i in g]))
+
+    while len(groups) > 1:
+        groups.sort(key=rows)
+        a, b = groups[0], groups[1]
+        merged = rows(a) * rows(b)
+        if merged > rows(a) + rows(b) + 64 or merged > MAX_GROUP_ROWS:
+            break
+        groups = [sorted(a + b), *groups[2:]]
+    return sorted(groups, key=lambda g: g[0])
+
+
 @dataclass(frozen=True, eq=False)
 class DecodingTables:
     """Everything a decoding loop needs, as numpy arrays (see the module docstring).
 
-    ``next_state`` int32[S+1, V] (row ``S`` dead), ``side_next`` int32[K+1, V] (row ``K``
-    dead), ``dist`` int32[K+1, S+1]; ``start``/``side_start``: the states before any token;
-    ``bos``/``eos``/``pad`` token ids (``pad`` is EOS when there is no PAD token);
-    ``automaton``: the decoding automaton in lockstep form, for checking outputs.
+    ``next`` / ``valid``: per group, ``int32[S_g+1, V]`` / ``bool[S_g+1, V]`` (row ``S_g``
+    dead); ``strides`` ``int64[G]``: each group's stride in the flat ``dist`` (0 for a group
+    left out of the distance); ``dist``: ``uint8`` or ``uint16`` over the cartesian cells,
+    ``dist_inf`` (the dtype's maximum) for dead and unreachable cells; ``max_distance``: the
+    largest finite distance of a reachable state (``INF`` when some reachable state is a dead
+    end: the cheap mask is then never used); ``start`` ``int32[G]``; ``bos``/``eos``/``pad``:
+    model ids (``pad`` is EOS without a PAD token); ``automaton``: the decoding automaton
+    over the base vocabulary, for checking outputs; ``learned``: the model vocabulary.
     """
 
-    next_state: np.ndarray
-    side_next: np.ndarray
+    next: tuple[np.ndarray, ...]
+    valid: tuple[np.ndarray, ...]
+    strides: np.ndarray
     dist: np.ndarray
-    start: int
-    side_start: int
+    dist_inf: int
+    max_distance: int
+    start: np.ndarray
     bos: int
     eos: int
     pad: int
     automaton: Automaton
+    learned: LearnedVocab
+    groups: tuple[tuple[str, ...], ...]
+    exact: bool = True
     bars: int | None = None
-    limit: int | None = None  # distances above it are INF (the layered search stopped there)
     meta: dict[str, float] = field(default_factory=dict)
 
     @property
     def vocab(self) -> tuple[str, ...]:
-        return self.automaton.vocab
+        """Display names of the model vocabulary (base names, ``+``-joined when learned)."""
+        return self.learned.names
 
     @property
-    def num_states(self) -> int:
-        """Dense product states (without the dead one)."""
-        return int(self.next_state.shape[0] - 1)
+    def vocab_size(self) -> int:
+        return int(self.next[0].shape[1])
 
     @property
-    def num_side_states(self) -> int:
-        return int(self.side_next.shape[0] - 1)
+    def num_groups(self) -> int:
+        return len(self.next)
+
+    @property
+    def dead(self) -> np.ndarray:
+        """``int32[G]``: each group's dead local state."""
+        return np.array([n.shape[0] - 1 for n in self.next], dtype=np.int32)
 
     @cached_property
-    def dist_next(self) -> np.ndarray:
-        """``int32[S+1, V]``: ``dist[0, next_state]``, the one-gather mask of K = 1 tables."""
-        if self.num_side_states != 1:
-            raise ValueError("dist_next exists only without side constraints")
-        out = self.dist[0][self.next_state]
-        out.flags.writeable = False
-        return out
+    def nbytes(self) -> int:
+        """Bytes of every table a loop reads."""
+        return int(sum(a.nbytes for a in (*self.next, *self.valid, self.dist)))
 
-    def distance(self, state: int, side: int) -> int:
-        return int(self.dist[side, state])
+    def distance(self, state: np.ndarray) -> int:
+        """Base tokens from ``state`` (``int32[G]``) to acceptance (:data:`INF`: never)."""
+        if (np.asarray(state) == self.dead).any():
+            return INF
+        d = int(self.dist[int((np.asarray(state, np.int64) * self.strides).sum())])
+        return INF if d >= self.dist_inf else d
 
-    def run(self, ids: Sequence[int]) -> tuple[int, int]:
-        """The joint state after ``ids`` from the start (the dead state after a rejection)."""
-        s, k = self.start, self.side_start
+    def step(self, state: np.ndarray, token: int) -> np.ndarray:
+        """The state after one model token (dead groups stay dead)."""
+        return np.array([n[s, token] for n, s in zip(self.next, state, strict=True)], dtype=np.int32)
+
+    def run(self, ids: Sequence[int]) -> np.ndarray:
+        """The state after ``ids`` (model ids) from the start."""
+        state = self.start.copy()
         for t in ids:
-            s, k = int(self.next_state[s, int(t)]), int(self.side_next[k, int(t)])
-        return s, k
+            state = self.step(state, int(t))
+        return state
 
     def shortest(self) -> int:
-        """Length of the shortest valid output (BOS ... EOS)."""
-        return self.distance(self.start, self.side_start)
+        """Length in base tokens of the shortest valid output (BOS ... EOS)."""
+        return self.distance(self.start)
 
 
-def _dead_padded(T: np.ndarray) -> np.ndarray:
-    """int32[S, V] with REJECT -> int32[S+1, V] where REJECT and the new last row lead to S."""
-    S = T.shape[0]
-    out = np.full((S + 1, T.shape[1]), S, dtype=np.int32)
-    out[:S] = np.where(T == REJECT, S, T)
+def _save_npz(path: os.PathLike[str] | str, **arrays: np.ndarray) -> None:
+    """Write an ``.npz`` atomically (a read-only cache is not fatal)."""
+    try:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not write the decoding cache %s: %s", path, exc)
+
+
+def _load_npz(path: os.PathLike[str] | str, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache entry, or None (missing, truncated or foreign: rebuilt)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in keys}
+    except Exception as exc:  # noqa: BLE001 - any unreadable cache entry is rebuilt
+        log.warning("rebuilding the decoding cache entry %s: %s", path, exc)
+        return None
+
+
+def _key(*parts: object) -> str:
+    from gramophone.grammar.schemes import _code_hash
+
+    text = "/".join(map(str, (*parts, _CACHE_FORMAT, __version__, _code_hash(), _module_hash())))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _module_hash() -> str:
+    return hashlib.sha256(open(__file__, "rb").read()).hexdigest()[:16]  # noqa: SIM115
+
+
+def _product(auto: Automaton, use_cache: bool) -> dict[str, np.ndarray]:
+    """The reachable product of ``auto``'s components (base tokens): ``T int32[S, V]``,
+    ``accepting``, ``tuples int32[S, K]``, ``dist int32[S]`` (INF: never), cached."""
+    path = cache_dir() / "decoding" / f"product-{_key(auto.hash)}.npz"
+    keys = ("T", "accepting", "tuples", "dist")
+    got = _load_npz(path, keys) if use_cache else None
+    if got is not None:
+        return got
+    try:
+        T, acc, _, tuples = auto.product_tables(max_states=8_000_000)
+    except ValueError as exc:
+        raise GramophoneError(f"the product of the distance components is too large ({exc})") from exc
+    from gramophone.grammar import fsa
+
+    d = fsa.distance_to_accept(T, acc)
+    out = {"T": T, "accepting": acc, "tuples": tuples, "dist": np.where(d < 0, INF, d).astype(np.int32)}
+    if use_cache:
+        _save_npz(path, **out)
     return out
 
 
-def _dense(
-    automaton: Automaton, use_cache: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
-    """``(next_state int32[S+1, V], accepting bool[S], dist int32[S], timings)`` of the
-    dense product of ``automaton``, cached by its content hash."""
-    import time
-
-    key = hashlib.sha256(f"{automaton.hash}/{_CACHE_FORMAT}/{__version__}".encode()).hexdigest()[:24]
-    path = cache_dir() / "decoding" / f"product-{key}.npz"
-    if use_cache and path.exists():
-        try:
-            t0 = time.perf_counter()
-            with np.load(path, allow_pickle=False) as data:
-                T, acc, dist = data["next_state"], data["accepting"], data["dist"]
-            return T, acc, dist, {"product_load_s": time.perf_counter() - t0}
-        except (OSError, ValueError, KeyError, EOFError) as exc:
-            log.warning("rebuilding the decoding cache entry %s: %s", path, exc)
-    t0 = time.perf_counter()
-    try:
-        product = automaton.product(max_states=8_000_000)
-    except ValueError as exc:
-        raise GramophoneError(
-            f"the dense product of the grammar is too large to decode with ({exc})"
-        ) from exc
-    t1 = time.perf_counter()
-    if not product.accepting.any() or product.distance[product.start] < 0:
-        raise DecodingError("the grammar has no stream that starts with BOS, ends with EOS and has a note")
-    dist = np.where(product.distance < 0, INF, product.distance).astype(np.int32)
-    T = _dead_padded(product.transitions)
-    t2 = time.perf_counter()
-    if use_cache:
-        try:
-            import io
-            import os
-            import tempfile
-
-            buf = io.BytesIO()
-            np.savez_compressed(buf, next_state=T, accepting=product.accepting, dist=dist)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(buf.getvalue())
-            os.replace(tmp, path)
-        except OSError as exc:  # a read-only cache is not fatal
-            log.warning("could not write the decoding cache %s: %s", path, exc)
-    return T, product.accepting, dist, {"product_s": t1 - t0, "distance_s": t2 - t1}
+def _lifted_rows(
+    comps: Sequence[Component], group: Sequence[int], learned: LearnedVocab
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(next int32[S_g+1, V], valid bool[S_g+1, V])`` of one group over the model vocabulary."""
+    sizes = [comps[i].num_states for i in group]
+    S_g = int(np.prod(sizes))
+    inner = np.concatenate([[1], np.cumprod(sizes[:-1])]).astype(np.int64)
+    local = np.arange(S_g, dtype=np.int64)
+    nxt: np.ndarray | None = None
+    for k, i in enumerate(group):
+        s_c = (local // inner[k]) % sizes[k]  # this component's state in each group state
+        L = lift(comps[i].transitions, learned)[s_c]  # (S_g, V)
+        part = np.where(L == REJECT, -1, L.astype(np.int64) * inner[k])
+        nxt = part if nxt is None else np.where((nxt < 0) | (part < 0), -1, nxt + part)
+    assert nxt is not None
+    full = np.full((S_g + 1, nxt.shape[1]), S_g, dtype=np.int32)
+    full[:S_g] = np.where(nxt < 0, S_g, nxt)
+    return full, full != S_g
 
 
 def decoding_tables(
-    automaton: Automaton, bars: int | None = None, *, limit: int | None = None, use_cache: bool = True
+    automaton: Automaton,
+    bars: int | None = None,
+    *,
+    learned: LearnedVocab | None = None,
+    limit: int | None = None,
+    use_cache: bool = True,
+    max_cells: int = MAX_CELLS,
 ) -> DecodingTables:
     """The tables to decode ``automaton``'s language (framed, with a note), optionally with
-    exactly ``bars`` Bar tokens. ``limit``: the largest budget that will be used (bounds the
-    layered search with ``--bars``; distances beyond it are :data:`INF`)."""
-    import time
+    exactly ``bars`` Bar tokens, over ``learned`` (default: the base vocabulary).
 
-    base = decoding_automaton(automaton)  # the dense part
-    T, acc, dist0, timings = _dense(base, use_cache)
-    S = T.shape[0] - 1
-    V = len(automaton.vocab)
+    ``limit`` is accepted for compatibility and ignored (distances are exact at any budget).
+    """
+    del limit
+    t_start = time.perf_counter()
     full = decoding_automaton(automaton, bars)
-    if bars is None:
-        side_next = np.zeros((2, V), dtype=np.int32)
-        side_next[1] = 1
-        dist = np.full((2, S + 1), INF, dtype=np.int32)
-        dist[0, :S] = dist0
-    else:
-        side = full.components[-1]
+    comps = list(full.components)
+    if learned is None:
+        learned = LearnedVocab(automaton.vocab, tuple((i,) for i in range(len(automaton.vocab))), False)
+    if learned.base != automaton.vocab:
+        raise DecodingError("the learned vocabulary is not over this automaton's base vocabulary")
+    groups = _plan_groups([c.num_states for c in comps])
+    bar_comp = len(comps) - 1 if bars is not None else None
+
+    # Which groups the distance covers: all when the cartesian fits, else drop the largest
+    # all-accepting (safety) groups first.
+    def cells(gs: Sequence[list[int]]) -> int:
+        return int(np.prod([np.prod([comps[i].num_states for i in g]) + 1 for g in gs], dtype=np.float64))
+
+    in_dist = list(range(len(groups)))
+    safety = sorted(
+        (g for g in in_dist if all(comps[i].accepting.all() for i in groups[g])),
+        key=lambda g: -int(np.prod([comps[i].num_states for i in groups[g]])),
+    )
+    while cells([groups[g] for g in in_dist]) > max_cells and safety:
+        in_dist.remove(safety.pop(0))
+    if cells([groups[g] for g in in_dist]) > max_cells:
+        raise GramophoneError("the distance table of this grammar is too large to decode with")
+    exact = len(in_dist) == len(groups)
+
+    # Reachable product of the distance components (without the bar counter), then the
+    # bar counter's layers by the layered search.
+    dist_comps = [i for g in in_dist for i in groups[g] if i != bar_comp]
+    t0 = time.perf_counter()
+    dense_auto = Automaton(full.vocab, tuple(comps[i] for i in dist_comps), "", {})
+    prod = _product(dense_auto, use_cache)
+    timings = {"product_s": time.perf_counter() - t0}
+    T, acc, tuples = prod["T"], prod["accepting"], prod["tuples"]
+    if bar_comp is not None and any(bar_comp in groups[g] for g in in_dist):
         t0 = time.perf_counter()
-        dense = np.where(T[:S] == S, REJECT, T[:S])  # back to REJECT for the search
-        bound = INF - 1 if limit is None else limit
-        layers = layered_distance(dense, acc, side.transitions, side.accepting, bound)
+        side = comps[bar_comp]
+        layers = layered_distance(T, acc, side.transitions, side.accepting)  # (K, S)
         timings["layered_distance_s"] = time.perf_counter() - t0
-        K = side.num_states
-        side_next = _dead_padded(side.transitions)
-        dist = np.full((K + 1, S + 1), INF, dtype=np.int32)
-        dist[:K, :S] = layers
-    index = automaton.token_index
-    for a in (T, side_next, dist):
+        side_T = side.transitions
+    else:
+        layers = prod["dist"][None, :]
+        side_T = None
+    K, S = layers.shape
+
+    # Cartesian cells: stride of each distance group (its dead state included).
+    g_sizes = [int(np.prod([comps[i].num_states for i in g])) for g in groups]
+    strides = np.zeros(len(groups), dtype=np.int64)
+    acc_stride = 1
+    for g in in_dist:
+        strides[g] = acc_stride
+        acc_stride *= g_sizes[g] + 1
+    n_cells = acc_stride
+    finite = layers[layers < INF]
+    max_d = int(finite.max()) if finite.size else 0
+    dtype = np.uint8 if max_d < 255 else np.uint16
+    if max_d >= 65535:
+        raise GramophoneError("distances beyond 65,534 tokens are not supported")
+    dist_inf = int(np.iinfo(dtype).max)
+    dist = np.full(n_cells, dist_inf, dtype=dtype)
+    col = {i: k for k, i in enumerate(dist_comps)}
+    for k in range(K):
+        flat = np.zeros(S, dtype=np.int64)
+        for g in in_dist:
+            inner = 1
+            local = np.zeros(S, dtype=np.int64)
+            for i in groups[g]:
+                s_c = np.full(S, k, dtype=np.int64) if i == bar_comp else tuples[:, col[i]].astype(np.int64)
+                local += s_c * inner
+                inner *= comps[i].num_states
+            flat += local * strides[g]
+        d = layers[k]
+        dist[flat] = np.where(d < INF, d, dist_inf).astype(dtype)
+
+    # No dead end among reachable states: every valid base token from a state with a finite
+    # distance leads to a finite distance (then the cheap mask is exact far from the end).
+    dead_end = False
+    for k in range(K):
+        ok = layers[k] < INF
+        nxt = T[ok]  # (n, V)
+        nk = np.full(nxt.shape, k) if side_T is None else np.broadcast_to(side_T[k], nxt.shape)
+        valid = (nxt != REJECT) & (nk != REJECT)
+        d_next = np.where(valid, layers[np.where(nk == REJECT, 0, nk), np.where(nxt == REJECT, 0, nxt)], 0)
+        if (d_next[valid] >= INF).any():
+            dead_end = True
+            break
+
+    # Rows over the model vocabulary.
+    t0 = time.perf_counter()
+    rows = [_lifted_rows(comps, g, learned) for g in groups]
+    timings["rows_s"] = time.perf_counter() - t0
+    starts = []
+    for g in groups:
+        inner, local = 1, 0
+        for i in g:
+            local += comps[i].start * inner
+            inner *= comps[i].num_states
+        starts.append(local)
+
+    base_index = automaton.token_index
+    if learned.trained:
+        used = np.zeros(len(learned.base), bool)
+        for c in comps:
+            used |= (c.transitions != REJECT).any(axis=0)
+        missing = [learned.base[b] for b in np.nonzero(used & (learned.single < 0))[0]]
+        if missing:
+            raise DecodingError(
+                f"the trained vocabulary has no single token for {', '.join(missing[:4])}: "
+                "a length-aware mask cannot guarantee an ending"
+            )
+
+    def model_id(name: str) -> int:
+        return int(learned.single[base_index[name]]) if learned.trained else base_index[name]
+
+    nexts = tuple(r[0] for r in rows)
+    valids = tuple(r[1] for r in rows)
+    for a in (*nexts, *valids, dist, strides):
         a.flags.writeable = False
+    timings["total_s"] = time.perf_counter() - t_start
     return DecodingTables(
-        next_state=T,
-        side_next=side_next,
+        next=nexts,
+        valid=valids,
+        strides=strides,
         dist=dist,
-        start=0,
-        side_start=0,
-        bos=index[BOS],
-        eos=index[EOS],
-        pad=index.get(PAD, index[EOS]),
+        dist_inf=dist_inf,
+        max_distance=INF if dead_end else max_d,
+        start=np.array(starts, dtype=np.int32),
+        bos=model_id(BOS),
+        eos=model_id(EOS),
+        pad=model_id(PAD) if PAD in base_index else model_id(EOS),
         automaton=full,
+        learned=learned,
+        groups=tuple(tuple(comps[i].name for i in g) for g in groups),
+        exact=exact,
         bars=bars,
-        limit=limit if bars is not None else None,
         meta=timings,
     )
 
@@ -387,12 +614,11 @@ def decoding_tables(
 
 @dataclass(frozen=True)
 class PreparedPrompt:
-    """A prompt ready to continue: ``ids`` (BOS first) and the joint state after it."""
+    """A prompt ready to continue: ``ids`` (model ids, BOS first) and the state after it."""
 
     ids: tuple[int, ...]
-    state: int
-    side: int
-    min_total: int  # the shortest valid output that starts with ``ids`` (INF: beyond the limit)
+    state: np.ndarray  # int32[G]
+    min_total: int  # an upper bound of the shortest valid output that starts with ``ids``
 
 
 def prepare_prompt(
@@ -401,12 +627,12 @@ def prepare_prompt(
     ids: Sequence[int] | None = None,
     name: str = "the prompt",
 ) -> PreparedPrompt:
-    """Validate a prompt and compute where decoding starts.
+    """Validate a prompt (model ids) and compute where decoding starts.
 
     Trailing EOS/PAD are dropped (a decoder output can be continued) and BOS is put first
     when missing. A prompt that is not a valid beginning of a piece is a
-    :class:`DecodingError` that says where it breaks (the grammar's checker's message);
-    so is one that cannot be completed (e.g. more bars than ``--bars``).
+    :class:`DecodingError` that says where it breaks (the grammar's checker's message, in
+    base tokens); so is one that cannot be completed (e.g. more bars than ``--bars``).
     """
     seq = [int(i) for i in (ids or [])]
     while seq and seq[-1] in (tables.eos, tables.pad):
@@ -415,26 +641,33 @@ def prepare_prompt(
     if not seq or seq[0] != tables.bos:
         seq.insert(0, tables.bos)
         shift = 1
-    report = check_stream(grammar, seq)
+    base, owner = tables.learned.expand(seq)
+    bos_base = tables.learned.pieces[tables.bos][0]
+
+    def where(index: int, token: str) -> str:
+        if not tables.learned.trained:
+            return f"token {index - shift} ({token})"
+        k = owner[index] if index < len(owner) else len(seq)
+        return f"token {k - shift} ({tables.learned.names[seq[k]] if k < len(seq) else token})"
+
+    report = check_stream(grammar, base)
     v = report.violation
     if v is not None and v.rejected_by != "end":
-        before = " ".join(t for t in v.before if not (shift and t == grammar.vocab[tables.bos]))
+        before = " ".join(t for t in v.before if not (shift and t == grammar.vocab[bos_base]))
         ctx = f" after '... {before}'" if before else ""
         raise DecodingError(
-            f"{name} is not a valid beginning of a piece: token {v.index - shift} ({v.token}){ctx} is "
+            f"{name} is not a valid beginning of a piece: {where(v.index, v.token)}{ctx} is "
             f"rejected by {v.rejected_by}: {v.reason}; expected {v.expected}"
         )
-    report = check_stream(tables.automaton, seq)
+    report = check_stream(tables.automaton, base)
     v = report.violation
     if v is not None and v.rejected_by != "end":
         reason = v.reason
         if tables.bars is not None and v.rejected_by.startswith("bars="):
             reason = f"it has more than {tables.bars} Bar tokens (--bars {tables.bars})"
-        raise DecodingError(f"{name} cannot be continued: token {v.index - shift} ({v.token}): {reason}")
-    state, side = tables.run(seq)
-    d = tables.distance(state, side)
-    if d >= INF and tables.limit is None:
+        raise DecodingError(f"{name} cannot be continued: {where(v.index, v.token)}: {reason}")
+    state = tables.run(seq)
+    d = tables.distance(state)
+    if d >= INF:
         raise DecodingError(f"{name} ({len(seq)} tokens) cannot be completed to a valid piece")
-    # with a limit, INF means "more than the limit": min_total >= INF, the caller rebuilds
-    # the tables without a limit to learn the true minimum (see driver.prepare)
-    return PreparedPrompt(tuple(seq), state, side, len(seq) + d if d < INF else INF)
+    return PreparedPrompt(tuple(seq), state, len(seq) + d)

@@ -13,7 +13,6 @@ Imported only when the torch backend is chosen.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from torch import Tensor
 from gramophone.decoding.loop import DecodeRequest, DecodeResult, lengths_of
 from gramophone.decoding.rules import FMAX, Sampling
 from gramophone.decoding.tables import DecodingTables
+from gramophone.kernels import torch as kernels
 
 __all__ = ["TorchModel", "backend_sampler", "choose", "gpt_model", "sample_torch"]
 
@@ -96,36 +96,6 @@ def choose(
     return (x + gumbel).argmax(dim=-1)
 
 
-@dataclass(frozen=True)
-class _DeviceTables:
-    next_state: Tensor  # (S+1, V) int64
-    side_next: Tensor  # (K+1, V) int64
-    dist: Tensor  # (K+1) * (S+1) flat, int32
-    dist_next: Tensor | None  # (S+1, V) int32 when K == 1
-    states: int  # S + 1
-
-
-_DEVICE_TABLES: weakref.WeakKeyDictionary[DecodingTables, dict[str, _DeviceTables]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def device_tables(tables: DecodingTables, device: torch.device) -> _DeviceTables:
-    """The tables on ``device``, copied once per tables object and device."""
-    per_device = _DEVICE_TABLES.setdefault(tables, {})
-    got = per_device.get(str(device))
-    if got is None:
-        flat = tables.num_side_states == 1
-        got = per_device[str(device)] = _DeviceTables(
-            next_state=torch.from_numpy(tables.next_state.astype(np.int64)).to(device),
-            side_next=torch.from_numpy(tables.side_next.astype(np.int64)).to(device),
-            dist=torch.from_numpy(tables.dist.reshape(-1).copy()).to(device),
-            dist_next=torch.from_numpy(tables.dist_next.copy()).to(device) if flat else None,
-            states=tables.next_state.shape[0],
-        )
-    return got
-
-
 @torch.inference_mode()
 def sample_torch(
     model: TorchModel, tables: DecodingTables, request: DecodeRequest, *, check_every: int = 16
@@ -139,7 +109,7 @@ def sample_torch(
     device = model.device
     B, N, P = request.num, request.budget, len(request.prompt)
     sampling, eos, pad = request.sampling, tables.eos, tables.pad
-    tab = device_tables(tables, device) if request.constrained else None
+    tab = kernels.device_tables(tables, device) if request.constrained else None
     generator = torch.Generator(device=device)
     generator.manual_seed(request.seed)
     if device.type == "cuda":
@@ -153,28 +123,19 @@ def sample_torch(
     tokens = torch.full((B, N), pad, dtype=torch.long, device=device)
     tokens[:, :P] = prompt
     positions = torch.arange(N, device=device)
-    state = torch.full((B,), request.state, dtype=torch.long, device=device)
-    side = torch.full((B,), request.side, dtype=torch.long, device=device)
+    state = torch.as_tensor(np.asarray(request.state), dtype=torch.long, device=device).expand(B, -1)  # (B, G)
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     steps = 0
     for t in range(P, N):
         remaining = N - t
         blocked: Tensor | None = None  # ~allowed (rule 1)
         if tab is not None:
-            if tab.dist_next is not None:  # no side constraint: one row gather
-                blocked = tab.dist_next.index_select(0, state) >= remaining  # (B, V)
-            else:
-                ns = tab.next_state.index_select(0, state)  # (B, V)
-                nk = tab.side_next.index_select(0, side)  # (B, V)
-                blocked = tab.dist[nk * tab.states + ns] >= remaining  # (B, V)
+            blocked = ~kernels.allowed(tab, state, remaining)  # (B, V)
         tok = choose(logits, blocked, sampling, generator)
         tok = torch.where(ended, pad, tok)  # (B,)
         tokens[:, t] = tok
         if tab is not None:
-            new_state = tab.next_state[state, tok]
-            state = torch.where(ended, state, new_state)
-            if tab.dist_next is None:
-                side = torch.where(ended, side, tab.side_next[side, tok])
+            state = torch.where(ended[:, None], state, kernels.advance(tab, state, tok))
         ended |= tok == eos
         steps += 1
         if t + 1 < N:

@@ -224,14 +224,19 @@ class Automaton:
         """The intersection with one more constraint (e.g. a bar count)."""
         return Automaton(self.vocab, (*self.components, component), self.grammar_text, dict(self.meta))
 
-    def product(self, max_states: int = 2_000_000) -> Component:
-        """The reachable dense product as one component (small automata only)."""
-        T, acc, s0, _ = fsa.product(
+    def product_tables(self, max_states: int = 2_000_000) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+        """The reachable dense product: ``(T int32[S, V], accepting bool[S], start, tuples
+        int32[S, K])``, ``tuples`` holding each product state's component states."""
+        return fsa.product(
             [c.transitions for c in self.components],
             [c.accepting for c in self.components],
             [c.start for c in self.components],
             max_states=max_states,
         )
+
+    def product(self, max_states: int = 2_000_000) -> Component:
+        """The reachable dense product as one component (small automata only)."""
+        T, acc, s0, _ = self.product_tables(max_states)
         return Component(name="product", transitions=T, accepting=acc, start=s0)
 
     # -- persistence ---------------------------------------------------------------------
