@@ -78,7 +78,16 @@ def _one_torch_thread() -> Iterator[None]:
 
 @functools.cache
 def shipped_tables(bars: int | None = None) -> DecodingTables:
-    return decoding_tables(automaton_for("shipped"), bars, limit=CAP)
+    return decoding_tables(automaton_for("shipped"), bars)
+
+
+@functools.cache
+def dense_next() -> np.ndarray:
+    """The stand-in models' own tracker: the dense product of the decoding automaton
+    (int32[S+1, V], row S dead), built here so the models never read the tables under test."""
+    T = decoding_automaton(automaton_for("shipped")).product().transitions
+    S = T.shape[0]
+    return np.vstack([np.where(T == REJECT, S, T), np.full((1, T.shape[1]), S, np.int32)])
 
 
 @functools.cache
@@ -145,7 +154,7 @@ def standin_jax() -> Any:
 def run_standin(
     backend: str, table: np.ndarray, spike: float, tables: DecodingTables, request: DecodeRequest
 ) -> DecodeResult:
-    ns = tables.next_state
+    ns = dense_next()
     if backend == "numpy":
 
         class Model:
@@ -255,7 +264,6 @@ def cases(draw: st.DrawFn, max_prompt: int = 12) -> tuple[DecodingTables, Decode
     request = DecodeRequest(
         prompt.ids,
         prompt.state,
-        prompt.side,
         num=draw(st.sampled_from([1, 3])),
         budget=budget,
         sampling=draw(samplings()),
@@ -507,36 +515,41 @@ def tiny_language(max_len: int) -> set[str]:
     return out
 
 
-def _joint_distance(tables_T: np.ndarray, acc: np.ndarray, side: Component) -> dict[tuple[int, int], int]:
-    T, jacc, _, states = fsa.product([tables_T, side.transitions], [acc, side.accepting], [0, side.start])
-    d = fsa.distance_to_accept(T, jacc)
-    return {(int(s), int(k)): int(x) for (s, k), x in zip(states, d, strict=True)}
+def _group_state(tables: DecodingTables, comp_states: np.ndarray) -> np.ndarray:
+    """The tables' per-group state of a tuple of the decoding automaton's component states."""
+    names = [c.name for c in tables.automaton.components]
+    sizes = [c.num_states for c in tables.automaton.components]
+    out = []
+    for group in tables.groups:
+        local, inner = 0, 1
+        for name in group:
+            k = names.index(name)
+            local += int(comp_states[k]) * inner
+            inner *= sizes[k]
+        out.append(local)
+    return np.array(out, np.int32)
 
 
-@pytest.mark.parametrize("bars", [1, 3])
-def test_layered_distance_equals_the_distance_in_the_full_product(bars: int) -> None:
-    """The factored tables (dense x bar counter) against a BFS on their explicit product."""
-    auto = tiny_automaton()
-    tables = decoding_tables(auto, bars, use_cache=False)
-    S = tables.num_states
-    dense = np.where(tables.next_state[:S] == S, REJECT, tables.next_state[:S])
-    acc = decoding_automaton(auto).product().accepting
-    side = tables.automaton.components[-1]
-    expected = _joint_distance(dense, acc, side)
-    assert expected, "empty product"
-    for (s, k), d in expected.items():
-        assert tables.dist[k, s] == (d if d >= 0 else INF), (s, k)
+def _assert_distances_exact(tables: DecodingTables) -> None:
+    """Every reachable state of the full decoding product (bar counter included), by a BFS
+    on its explicit dense product: the distance the tables give is the true one."""
+    T, acc, _, states = tables.automaton.product_tables()
+    d = fsa.distance_to_accept(T, acc)
+    assert len(d) > 1, "empty product"
+    for s in range(len(d)):
+        want = int(d[s]) if d[s] >= 0 else INF
+        assert tables.distance(_group_state(tables, states[s])) == want, s
 
 
-def test_layered_distance_on_the_shipped_grammar_with_one_bar() -> None:
-    tables = shipped_tables(1)
-    S = tables.num_states
-    dense = np.where(tables.next_state[:S] == S, REJECT, tables.next_state[:S])
-    acc = decoding_automaton(automaton_for("shipped")).product().accepting
-    expected = _joint_distance(dense, acc, tables.automaton.components[-1])
-    got = np.array([tables.dist[k, s] for s, k in expected])
-    want = np.array([d if 0 <= d <= CAP else INF for d in expected.values()])
-    assert (got == want).all()
+@pytest.mark.parametrize("bars", [None, 1, 3])
+def test_distance_table_equals_the_distance_in_the_full_product(bars: int | None) -> None:
+    """The factored tables (groups, cartesian distance, bar layers) against a BFS on the
+    explicit product of every component."""
+    _assert_distances_exact(decoding_tables(tiny_automaton(), bars, use_cache=False))
+
+
+def test_distance_table_on_the_shipped_grammar_with_one_bar() -> None:
+    _assert_distances_exact(shipped_tables(1))
 
 
 def test_layered_distance_refuses_a_cyclic_side_automaton() -> None:
@@ -558,14 +571,18 @@ def test_shortest_pieces_and_budget_errors() -> None:
     assert split_batches(100, 64) == [50, 50] and split_batches(3, 64) == [3]
 
 
-def test_product_is_cached_and_the_dead_state_is_last() -> None:
+def test_tables_hold_no_table_of_states_by_vocabulary() -> None:
+    """The shipped config: three groups of rows (55 + 196 + 75 of them), a uint8 cartesian
+    distance table, dead rows last; far smaller than the 47 MiB dense product."""
     tables = shipped_tables()
-    S, V = tables.num_states, V_SHIPPED
-    assert tables.next_state.shape == (S + 1, V) and (tables.next_state[S] == S).all()
-    assert (tables.dist[:, S] == INF).all() and (tables.dist[1] == INF).all()
-    assert 50_000 < S < 60_000  # ~54k states for the shipped config (README)
-    again = decoding_tables(automaton_for("shipped"))
-    assert "product_load_s" in again.meta  # served from the cache
+    assert [n.shape[0] for n in tables.next] == [55, 196, 75]
+    for nxt, valid in zip(tables.next, tables.valid, strict=True):
+        dead = nxt.shape[0] - 1
+        assert nxt.shape[1] == V_SHIPPED and (nxt[dead] == dead).all() and not valid[dead].any()
+        assert ((nxt != dead) == valid).all()
+    assert tables.dist.dtype == np.uint8 and tables.nbytes < 2 * 2**20
+    assert tables.exact and tables.max_distance == 8
+    assert tables.distance(tables.dead) == INF
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -594,7 +611,7 @@ def test_prompt_is_framed_and_a_finished_piece_can_be_continued() -> None:
     p = prepare_prompt(shipped_tables(), auto, body)
     assert p.ids == (1, *body) and p.min_total == len(body) + 2  # + BOS + EOS
     q = prepare_prompt(shipped_tables(), auto, [1, *body, 2, 0, 0])  # BOS ... EOS PAD PAD
-    assert q.ids == p.ids and (q.state, q.side) == (p.state, p.side)
+    assert q.ids == p.ids and (q.state == p.state).all()
 
 
 # ----------------------------------------------------------------------------- loops
@@ -633,7 +650,7 @@ def test_the_smallest_budget_gives_the_shortest_piece(backend: str) -> None:
         p = prepare_prompt(tables, auto)
         table = np.zeros((4, V_SHIPPED), np.float32)
         table[:, 2] = 1e30  # EOS
-        request = DecodeRequest(p.ids, p.state, p.side, 2, p.min_total, capacity=CAP)
+        request = DecodeRequest(p.ids, p.state, 2, p.min_total, capacity=CAP)
         result = run_standin(backend, table, math.inf, tables, request)
         assert (result.lengths == p.min_total).all()
         assert_valid(result, tables, p.ids, p.min_total)
@@ -647,7 +664,7 @@ def test_same_seed_same_output_and_seeds_differ(backend: str) -> None:
     params = gpt_params(backend, 0)
 
     def go(seed: int) -> np.ndarray:
-        request = DecodeRequest(p.ids, p.state, p.side, 3, CAP, Sampling(temperature=1.0), seed, CAP)
+        request = DecodeRequest(p.ids, p.state, 3, CAP, Sampling(temperature=1.0), seed, CAP)
         return run_gpt(backend, params, tables, request).tokens
 
     a, b, c = go(1), go(1), go(2)
@@ -665,7 +682,7 @@ def test_greedy_is_the_same_on_torch_and_jax() -> None:
     for seed in range(3):
         prompt_ids = random_walk(auto, np.random.default_rng(seed), length=6, eos=False)[:6]
         p = prepare_prompt(tables, auto, prompt_ids)
-        request = DecodeRequest(p.ids, p.state, p.side, 1, CAP, Sampling(greedy=True), capacity=CAP)
+        request = DecodeRequest(p.ids, p.state, 1, CAP, Sampling(greedy=True), capacity=CAP)
         a = run_gpt("torch", gpt_params("torch", seed, 30.0), tables, request).streams()[0]
         b = run_gpt("jax", gpt_params("jax", seed, 30.0), tables, request).streams()[0]
         if a == b:
@@ -691,7 +708,7 @@ def test_torch_loop_does_not_synchronize_per_step(monkeypatch: pytest.MonkeyPatc
     tables = shipped_tables(2)
     p = prepare_prompt(tables, auto)
     model = gpt_model(gpt_params("torch", 0))
-    request = DecodeRequest(p.ids, p.state, p.side, 2, 40, Sampling(top_k=20, top_p=0.9), 0, CAP)
+    request = DecodeRequest(p.ids, p.state, 2, 40, Sampling(top_k=20, top_p=0.9), 0, CAP)
     reads: list[str] = []
     real_cpu = torch.Tensor.cpu
 
@@ -725,7 +742,7 @@ def test_jax_loop_compiles_once_for_all_dynamic_settings() -> None:
     for i, sampling in enumerate([Sampling(), Sampling(greedy=True), Sampling(top_k=3, top_p=0.5)]):
         walk = random_walk(auto, np.random.default_rng(i), length=8, eos=False)
         p = prepare_prompt(tables, auto, walk[: 2 + i])
-        request = DecodeRequest(p.ids, p.state, p.side, 2, 20 + 5 * i, sampling, i, capacity=CAP)
+        request = DecodeRequest(p.ids, p.state, 2, 20 + 5 * i, sampling, i, capacity=CAP)
         result = run_standin("jax", table * (i + 1), 1e30, tables, request)
         assert_valid(result, tables, p.ids, request.budget)
     assert len(jax_loop._COMPILED) - before <= 1
@@ -769,7 +786,7 @@ def test_masked_sampling_matches_the_renormalized_distribution(backend: str, sam
 
     tables = decoding_tables(tiny_automaton(), use_cache=False)
     p = prepare_prompt(tables, tiny_automaton())
-    request = DecodeRequest(p.ids, p.state, p.side, M, budget, sampling, seed=11)
+    request = DecodeRequest(p.ids, p.state, M, budget, sampling, seed=11)
     result = _run_bigram(backend, W, tables, request)
     counts = Counter("".join(TINY_CHARS[i] for i in s) for s in result.streams())
     assert set(counts) <= {s for s, q in expected.items() if q > 0}, set(counts) - set(expected)
@@ -833,7 +850,7 @@ def test_numpy_loop_over_a_backends_numpy_api_is_valid() -> None:
     auto = automaton_for("shipped")
     tables = shipped_tables(1)
     p = prepare_prompt(tables, auto)
-    request = DecodeRequest(p.ids, p.state, p.side, 2, 30, Sampling(top_p=0.9), 3, capacity=CAP)
+    request = DecodeRequest(p.ids, p.state, 2, 30, Sampling(top_p=0.9), 3, capacity=CAP)
     result = sample_numpy(backend_model(backend, gpt_params("torch", 1)), tables, request)
     assert_valid(result, tables, p.ids, 30)
 

@@ -62,7 +62,6 @@ def _tokens_per_second(sample: Any, tables: Any, prompt: Any, *, batch: int, bud
     request = DecodeRequest(
         prompt.ids,
         prompt.state,
-        prompt.side,
         batch,
         budget,
         Sampling(),
@@ -83,7 +82,7 @@ def _overhead(backend: str, quick: bool) -> list[dict[str, Any]]:
     tables = {
         "unconstrained": decoding_tables(automaton),
         "constrained": decoding_tables(automaton),
-        "constrained+bars": decoding_tables(automaton, BARS, limit=budget),
+        "constrained+bars": decoding_tables(automaton, BARS),
     }
     prompts = {mode: prepare_prompt(t, automaton) for mode, t in tables.items()}
     out = []
@@ -181,7 +180,7 @@ def _context_cost(backend: str, quick: bool) -> list[dict[str, Any]]:
         per_token = {}
         for context in (64, 1024):
             request = DecodeRequest(
-                prompt.ids, prompt.state, prompt.side, batch, steps + 1, Sampling(), 1, context, True, False
+                prompt.ids, prompt.state, batch, steps + 1, Sampling(), 1, context, True, False
             )
             sample(tables, request)  # warm-up / compile
             best = min(sample(tables, request).seconds for _ in range(2 if quick else 3))
@@ -211,99 +210,94 @@ def _context_cost(backend: str, quick: bool) -> list[dict[str, Any]]:
 
 
 def _mask_seconds(backend: str, tables: Any, batch: int, reps: int) -> float:
-    """Seconds per step of the mask alone (rule 1 + the masked fill + the state gather), in
-    a tight loop of ``reps`` steps (JAX: inside one jitted ``fori_loop``)."""
+    """Seconds per step of the mask alone (the kernels' ``allowed`` + ``apply`` + ``advance``,
+    as the decode loops run them), in a tight loop of ``reps`` steps (JAX: inside one jitted
+    ``fori_loop``), far from the budget's end (the path most steps take)."""
     rng = np.random.default_rng(0)
-    S1, V = tables.next_state.shape
-    states = rng.integers(0, S1 - 1, batch)
+    V = tables.vocab_size
+    state0 = np.tile(tables.step(tables.start, tables.bos), (batch, 1))
+    remaining = 1 << 20
     if backend == "torch":
         import torch
 
-        from gramophone.decoding.torch_loop import device_tables
+        from gramophone.kernels import torch as torch_kernels
 
-        tab = device_tables(tables, torch.device("cpu"))
-        assert tab.dist_next is not None
-        state = torch.from_numpy(states)
+        tab = torch_kernels.device_tables(tables, torch.device("cpu"))
         logits = torch.randn(batch, V)
-        tok = torch.from_numpy(rng.integers(0, V, batch))
-        ended = torch.zeros(batch, dtype=torch.bool)
         with torch.inference_mode():
             best = math.inf
             for _ in range(3):
+                state = torch.from_numpy(state0.astype(np.int64))
                 t0 = time.perf_counter()
                 for _ in range(reps):
-                    x = logits.clone()
-                    x.masked_fill_(tab.dist_next.index_select(0, state) >= 50, -torch.inf)
-                    state = torch.where(ended, state, tab.next_state[state, tok])
+                    mask = torch_kernels.allowed(tab, state, remaining)
+                    tok = torch_kernels.apply(logits, mask).argmax(dim=1)
+                    state = torch_kernels.advance(tab, state, tok)
                 best = min(best, (time.perf_counter() - t0) / reps)
         return best
     import jax
     import jax.numpy as jnp
 
-    dist_next, next_state = jnp.asarray(tables.dist_next), jnp.asarray(tables.next_state)
+    from gramophone.kernels import jax as jax_kernels
+
+    jtab = jax_kernels.device_tables(tables)
     j_logits = jnp.asarray(rng.normal(size=(batch, V)), jnp.float32)
-    j_tok = jnp.asarray(rng.integers(0, V, batch), jnp.int32)
 
     @jax.jit
     def run(state: Any) -> Any:
         def body(i: Any, carry: Any) -> Any:
             state, acc = carry
-            x = jnp.where(dist_next[state] < 50, j_logits, -jnp.inf)
-            state = next_state[state, (j_tok + i) % V]
-            return state, acc + x.max(axis=-1)  # uses every column: nothing is skipped
+            x = jax_kernels.apply(j_logits, jax_kernels.allowed(jtab, state, remaining))
+            tok = x.argmax(axis=-1).astype(jnp.int32)
+            return jax_kernels.advance(jtab, state, tok), acc + x.max(axis=-1)  # uses every column
 
         return jax.lax.fori_loop(0, reps, body, (state, jnp.zeros(batch)))
 
-    state0 = jnp.asarray(states, jnp.int32)
-    jax.block_until_ready(run(state0))
+    j_state0 = jnp.asarray(state0, jnp.int32)
+    jax.block_until_ready(run(j_state0))
     best = math.inf
     for _ in range(3):
         t0 = time.perf_counter()
-        jax.block_until_ready(run(state0))
+        jax.block_until_ready(run(j_state0))
         best = min(best, (time.perf_counter() - t0) / reps)
     return best
 
 
 def _tables() -> list[dict[str, Any]]:
+    """``decode_tables`` records: build time (cold, then from the cache) and size of the
+    tables a loop reads, for the shipped tokenizer, alone and with ``--bars``."""
     from gramophone.decoding import decoding_tables
     from gramophone.grammar import compile_remi
     from gramophone.tokenizers import load_tokenizer
 
     automaton = compile_remi(load_tokenizer())
+    V = len(automaton.vocab)
+    common = {"tokenizer": "remi", "vocab_size": V}
+    t0 = time.perf_counter()
     cold = decoding_tables(automaton, use_cache=False)
-    cached = decoding_tables(automaton)
+    cold_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    decoding_tables(automaton)
+    cached_s = time.perf_counter() - t0
     out = [
-        record("decode_tables", "gramophone", "product_build_s", round(cold.meta["product_s"], 3), "s"),
-        record("decode_tables", "gramophone", "distance_s", round(cold.meta["distance_s"], 3), "s"),
-        record(
-            "decode_tables",
-            "gramophone",
-            "product_load_s",
-            round(cached.meta.get("product_load_s", float("nan")), 3),
-            "s",
-        ),
-        record("decode_tables", "gramophone", "product_states", cold.num_states, "states"),
-        record(
-            "decode_tables",
-            "gramophone",
-            "product_table_mib",
-            round(cold.next_state.nbytes / 2**20, 1),
-            "MiB",
-        ),
+        record("decode_tables", "gramophone", "size", round(cold.nbytes / 2**20, 2), "MiB", **common),
+        record("decode_tables", "gramophone", "build_s", round(cold_s, 3), "s", cache="cold", **common),
+        record("decode_tables", "gramophone", "build_s", round(cached_s, 3), "s", cache="cached", **common),
     ]
     for bars in (8, 64):
         t0 = time.perf_counter()
-        layered = decoding_tables(automaton, bars, limit=512)
+        layered = decoding_tables(automaton, bars)
         out.append(
             record(
                 "decode_tables",
                 "gramophone",
-                "layered_distance_s",
-                round(layered.meta["layered_distance_s"], 3),
+                "build_s",
+                round(time.perf_counter() - t0, 3),
                 "s",
                 bars=bars,
-                total_s=round(time.perf_counter() - t0, 3),
+                cache="cached",
                 dist_mib=round(layered.dist.nbytes / 2**20, 1),
+                **common,
             )
         )
     return out
@@ -396,7 +390,7 @@ def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
         rows("decode"), ["system", "batch", "value", "model_gflops", "gemm_gflops", "fraction_of_gemm"]
     )
     lines += ["", "## Decoding tables (shipped config)", ""]
-    lines += markdown_table(rows("decode_tables"), ["metric", "value", "unit", "bars", "dist_mib"])
+    lines += markdown_table(rows("decode_tables"), ["metric", "value", "unit", "cache", "bars", "dist_mib"])
     return [*lines, ""]
 
 

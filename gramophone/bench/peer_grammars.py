@@ -155,7 +155,7 @@ class RemiTokens:
     @classmethod
     def from_tokenizer(cls, tokenizer: MusicTokenizer) -> RemiTokens:
         """Read the groups from a miditok REMI tokenizer (via :func:`gramophone.grammar.derive`)."""
-        from gramophone.grammar import derive
+        from gramophone.grammar.remi import derive
         from gramophone.tokenizers import vocab_list
 
         grammar = derive(tokenizer)

@@ -10,13 +10,13 @@ Two questions, one record each (see :mod:`gramophone.bench`):
 
 Systems:
 
-- ``gramophone-numpy``: the :class:`~gramophone.grammar.Automaton`'s components in
-  lockstep (mask = AND of one row per component, ``np.where``, one gather per component);
-- ``gramophone-torch`` / ``gramophone-jax``: the dense product table ``int32[S, V]`` on the
-  framework's arrays (gather the row by state, ``where(row != reject, logits, -inf)``,
-  argmax, the next state read from the same row); JAX runs the steps in one jitted
-  ``lax.scan`` (``loop="lax.scan"``) and, for reference, one jitted step per Python call
-  (``loop="python"``);
+- ``gramophone-numpy`` / ``-torch`` / ``-jax``: gramophone's own step kernels
+  (:mod:`gramophone.kernels`, what decoding runs) on the decoding tables: ``path="cheap"``
+  (far from the budget's end: AND of the groups' rows), ``path="exact"`` (the distance table
+  read at every step, as in a budget's last steps) and ``path="floor"`` (the same gather,
+  where and argmax on a ``bool[16, V]`` table that stays in cache: what no row-table mask can
+  beat). JAX runs the steps in one jitted ``lax.scan`` (``loop="lax.scan"``) and one jitted
+  step per Python call (``loop="python"``);
 - ``xgrammar`` (EBNF), ``llguidance`` (lark), ``outlines-core`` (regex): their documented
   matcher APIs, the bitmask filled per stream and applied with the peer's own kernel.
 
@@ -54,7 +54,6 @@ from gramophone.bench.peer_grammars import (
     remi_grammar,
     render,
 )
-from gramophone.grammar import REJECT, Automaton, Component
 
 __all__ = [
     "BATCHES",
@@ -185,114 +184,125 @@ class _Stepper(ABC):
         """Run every step; returns the chosen tokens ``int[B, T]``."""
 
 
-class _NumpyLockstep(_Stepper):
-    """Components in lockstep: mask = AND of rows, apply, argmax, one gather each."""
+class _Kernels(_Stepper):
+    """gramophone's own step kernels (:mod:`gramophone.kernels`, the code decoding runs):
+    ``allowed``, ``apply``, argmax, ``advance``, on the decoding tables, from the state
+    after BOS. ``path``: ``cheap`` (far from the budget's end: the AND of the groups' rows),
+    ``exact`` (the distance table read at every step, as in the last steps of a budget), or
+    ``floor`` (one gather of a ``bool[16, V]`` table small enough to stay in cache, where,
+    argmax, one gather for the next state: the least any row-table mask can cost)."""
 
-    def __init__(self, automaton: Automaton) -> None:
-        names = "+".join(c.name for c in automaton.components)
-        self.how = f"Automaton components ({names}) in lockstep: AND of rows, np.where, argmax, gathers"
-        self.tables = [c.transitions for c in automaton.components]
-        self.starts = [int(c.start) for c in automaton.components]
+    def __init__(self, framework: str, tables: Any, path: str = "cheap", scan: bool = False) -> None:
+        import dataclasses
 
-    def prepare(self, batch: int) -> list[np.ndarray]:
-        return [np.full(batch, s, dtype=np.int64) for s in self.starts]
+        from gramophone.decoding.rules import INF
 
-    def steps(self, state: list[np.ndarray], inputs: np.ndarray) -> np.ndarray:
-        T, B, _ = inputs.shape
-        chosen = np.empty((B, T), dtype=np.int64)
-        tables = self.tables
-        for t in range(T):
-            allowed = tables[0][state[0]] != REJECT  # bool[B, V]
-            for table, s in zip(tables[1:], state[1:], strict=True):
-                allowed &= table[s] != REJECT
-            masked = np.where(allowed, inputs[t], -np.inf)  # float32[B, V]
-            tok = masked.argmax(axis=1)
-            for k, table in enumerate(tables):
-                state[k] = table[state[k], tok]
-            chosen[:, t] = tok
-        return chosen
+        self.framework, self.path, self.scan = framework, path, scan
+        if path == "exact":
+            tables = dataclasses.replace(tables, max_distance=INF)  # the exact mask at every step
+        self.tables = tables
+        self.remaining = 1 << 20
+        self.state0 = tables.step(tables.start, tables.bos)
+        V = tables.vocab_size
+        rng = np.random.default_rng(0)
+        self.floor = np.ones((16, V), dtype=bool)  # allows the real token: same work as any row
+        self.floor_next = rng.integers(0, 16, (16, V))
+        loop = "all steps in one jitted lax.scan" if scan else "a Python loop"
+        self.how = (
+            f"gramophone.kernels.{framework} ({path} mask: "
+            + ("bool[16, V] table" if path == "floor" else f"{tables.num_groups} groups")
+            + f"), {loop}"
+        )
+        if framework == "torch":
+            from gramophone.kernels import torch as torch_kernels
 
+            self.K: Any = torch_kernels
+            self.tab: Any = torch_kernels.device_tables(tables)
+        elif framework == "jax":
+            self._setup_jax()
+        else:
+            from gramophone.kernels import numpy as numpy_kernels
 
-class _TorchDense(_Stepper):
-    """The dense product on torch tensors: gather row, where, argmax, next state from the row."""
+            self.K, self.tab = numpy_kernels, tables
 
-    how = "dense product table, eager torch on CPU, one thread, no host sync per step"
-
-    def __init__(self, product: Component) -> None:
-        import torch
-
-        self.torch = torch
-        self.table = torch.from_numpy(np.array(product.transitions))  # int32[S, V] (a writable copy)
-        self.start = int(product.start)
-
-    def inputs(self, logits: np.ndarray) -> Any:
-        return self.torch.from_numpy(np.ascontiguousarray(logits))
-
-    def prepare(self, batch: int) -> Any:
-        return self.torch.full((batch,), self.start, dtype=self.torch.int64)
-
-    def steps(self, state: Any, inputs: Any) -> np.ndarray:
-        torch = self.torch
-        table = self.table
-        neg_inf = torch.tensor(float("-inf"))
-        out = []
-        with torch.inference_mode():
-            for t in range(inputs.shape[0]):
-                row = table[state]  # int32[B, V]
-                masked = torch.where(row != REJECT, inputs[t], neg_inf)  # float32[B, V]
-                tok = masked.argmax(dim=1)  # int64[B]
-                state = row.gather(1, tok[:, None])[:, 0].long()
-                out.append(tok)
-            return torch.stack(out, dim=1).numpy()
-
-
-class _JaxDense(_Stepper):
-    """The dense product on JAX arrays, jitted: all steps in one ``lax.scan`` (the decode
-    loop's idiom) or one jitted step per Python call (``per_call``)."""
-
-    def __init__(self, product: Component, per_call: bool = False) -> None:
+    def _setup_jax(self) -> None:
         import jax
         import jax.numpy as jnp
 
-        self.jax = jax
-        self.how = "dense product table, " + (
-            "one jitted step per Python call" if per_call else "all steps in one jitted lax.scan"
-        )
-        self.table = jnp.asarray(product.transitions)  # int32[S, V]
-        self.start = int(product.start)
-        self.per_call = per_call
+        from gramophone.kernels import jax as jax_kernels
 
-        def step(table: Any, state: Any, logits: Any) -> tuple[Any, Any]:
-            row = table[state]  # int32[B, V]
-            masked = jnp.where(row != REJECT, logits, -jnp.inf)  # float32[B, V]
-            tok = jnp.argmax(masked, axis=1)
-            nxt = jnp.take_along_axis(row, tok[:, None], axis=1)[:, 0]
-            return nxt, tok
+        K: Any = jax_kernels
+        self.jax, self.K, self.tab = jax, K, K.device_tables(self.tables)
+        floor, floor_next = jnp.asarray(self.floor), jnp.asarray(self.floor_next, jnp.int32)
+        remaining = self.remaining
 
-        def walk(table: Any, state: Any, logits: Any) -> Any:
-            _, toks = jax.lax.scan(lambda s, x: step(table, s, x), state, logits)
-            return toks  # int[T, B]
+        def step(tab: Any, state: Any, logits: Any) -> tuple[Any, Any]:
+            if self.path == "floor":
+                tok = jnp.argmax(jnp.where(floor[state], logits, -jnp.inf), axis=1)
+                return floor_next[state, tok], tok
+            tok = jnp.argmax(K.apply(logits, K.allowed(tab, state, remaining)), axis=1).astype(jnp.int32)
+            return K.advance(tab, state, tok), tok
 
-        self.step = jax.jit(step)
-        self.walk = jax.jit(walk)
+        def walk(tab: Any, state: Any, logits: Any) -> Any:
+            return jax.lax.scan(lambda s, x: step(tab, s, x), state, logits)[1]
+
+        self.step_fn, self.walk_fn = jax.jit(step), jax.jit(walk)
 
     def inputs(self, logits: np.ndarray) -> Any:
-        if self.per_call:  # one device array per step, sliced before timing
-            return [self.jax.device_put(step_logits) for step_logits in logits]
-        return self.jax.device_put(logits)
+        if self.framework == "torch":
+            import torch
+
+            return torch.from_numpy(np.ascontiguousarray(logits))
+        if self.framework == "jax":
+            return self.jax.device_put(logits) if self.scan else [self.jax.device_put(x) for x in logits]
+        return logits
 
     def prepare(self, batch: int) -> Any:
-        return self.jax.numpy.full((batch,), self.start, dtype=self.jax.numpy.int32)
+        floor = self.path == "floor"
+        state = np.zeros(batch, dtype=np.int64) if floor else np.tile(self.state0, (batch, 1))
+        if self.framework == "torch":
+            import torch
+
+            return torch.from_numpy(state.astype(np.int64))
+        if self.framework == "jax":
+            return self.jax.numpy.asarray(state, self.jax.numpy.int32)
+        return state
 
     def steps(self, state: Any, inputs: Any) -> np.ndarray:
-        if not self.per_call:
-            return np.asarray(self.walk(self.table, state, inputs).block_until_ready()).T
-        toks = []
-        for step_logits in inputs:
-            state, tok = self.step(self.table, state, step_logits)
-            toks.append(tok)
-        state.block_until_ready()
-        return np.stack([np.asarray(t) for t in toks], axis=1)
+        K, tab, floor, floor_next = self.K, self.tab, self.floor, self.floor_next
+        if self.framework == "jax":
+            if self.scan:
+                return np.asarray(self.walk_fn(tab, state, inputs).block_until_ready()).T
+            toks = []
+            for x in inputs:
+                state, tok = self.step_fn(tab, state, x)
+                toks.append(tok)
+            return np.stack([np.asarray(t) for t in toks], axis=1)
+        if self.framework == "torch":
+            import torch
+
+            floor_t, next_t = torch.from_numpy(floor), torch.from_numpy(floor_next)
+            out = []
+            with torch.inference_mode():
+                for x in inputs:
+                    if self.path == "floor":
+                        tok = x.masked_fill(~floor_t.index_select(0, state), -torch.inf).argmax(dim=1)
+                        state = next_t[state, tok]
+                    else:
+                        tok = K.apply(x, K.allowed(tab, state, self.remaining)).argmax(dim=1)
+                        state = K.advance(tab, state, tok)
+                    out.append(tok)
+            return torch.stack(out, dim=1).numpy()
+        out_np = []
+        for x in inputs:
+            if self.path == "floor":
+                tok = np.where(floor[state], x, -np.inf).argmax(axis=1)
+                state = floor_next[state, tok]
+            else:
+                tok = K.apply(x, K.allowed(tab, state, self.remaining)).argmax(axis=1)
+                state = K.advance(tab, state, tok)
+            out_np.append(tok)
+        return np.stack(out_np, axis=1)
 
 
 class PeerEngine(_Stepper):
@@ -604,7 +614,9 @@ def peer_engine(system: str, vocab: Sequence[str]) -> PeerEngine:
 
 # -- measurements --------------------------------------------------------------------------------
 def _walk_tokens(streams: Sequence[Sequence[int]], batch: int, steps: int) -> np.ndarray:
-    """``int64[batch, steps]``: the first tokens of ``batch`` streams (cycled if too few)."""
+    """``int64[batch, steps]``: the first tokens of ``batch`` streams (cycled if too few),
+    BOS left out (every system starts after it)."""
+    streams = [s[1:] if s and s[0] == 1 else s for s in streams]
     long_enough = [s for s in streams if len(s) >= steps]
     if not long_enough:
         raise ValueError(f"no stream has {steps} tokens")
@@ -661,23 +673,14 @@ def _measure(
     )
 
 
-def _our_steppers(
-    system: str, auto: Automaton, product: Component | None
-) -> list[tuple[_Stepper, dict[str, Any]]]:
-    """gramophone's steppers for ``system``, with the parameters of their records."""
-    if system == "gramophone-numpy":
-        syntax_only = Automaton(auto.vocab, (auto.component("syntax"),))
-        return [
-            (_NumpyLockstep(auto), {"grammar": "full", "loop": "python"}),
-            (_NumpyLockstep(syntax_only), {"grammar": "syntax", "loop": "python"}),
-        ]
-    if product is None:
-        raise ValueError(f"{system} steps on the dense product")
-    if system == "gramophone-torch":
-        return [(_TorchDense(product), {"grammar": "full", "loop": "python"})]
+def _our_steppers(system: str, tables: Any) -> list[tuple[_Stepper, dict[str, Any]]]:
+    """gramophone's steppers for ``system`` (its kernels), with the parameters of their records."""
+    framework = system.removeprefix("gramophone-")
+    loops = [("lax.scan", True), ("python", False)] if framework == "jax" else [("python", False)]
     return [
-        (_JaxDense(product), {"grammar": "full", "loop": "lax.scan"}),
-        (_JaxDense(product, per_call=True), {"grammar": "full", "loop": "python"}),
+        (_Kernels(framework, tables, path, scan), {"grammar": "full", "loop": loop, "path": path})
+        for loop, scan in loops
+        for path in ("cheap", "exact", "floor")
     ]
 
 
@@ -702,7 +705,9 @@ def mask_step_records(
     chosen = list(OURS) + list(PEERS) if systems is None else list(systems)
     records: list[dict[str, Any]] = []
     token_sets = {b: _walk_tokens(streams, b, steps) for b in batches}
-    product: Component | None = None
+    from gramophone.decoding.tables import decoding_tables
+
+    tables = decoding_tables(auto)
     remi_tokens = RemiTokens.from_tokenizer(tok)
 
     for system in chosen:
@@ -711,10 +716,8 @@ def mask_step_records(
             continue
         log(f"mask_step {system}")
         if system in OURS:
-            if system != "gramophone-numpy" and product is None:
-                product = auto.product()
             with _one_torch_thread():
-                for stepper, params in _our_steppers(system, auto, product):
+                for stepper, params in _our_steppers(system, tables):
                     for b in batches:
                         records.append(_measure(system, stepper, token_sets[b], V, repeats, **params))
             continue

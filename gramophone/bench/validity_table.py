@@ -135,7 +135,6 @@ def run(quick: bool = False, backend: str = "torch") -> list[dict[str, Any]]:
                 request = DecodeRequest(
                     prompt.ids,
                     prompt.state,
-                    prompt.side,
                     size,
                     budget,
                     Sampling(),

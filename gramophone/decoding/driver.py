@@ -33,12 +33,11 @@ from gramophone.decoding.tables import DecodingTables, PreparedPrompt, decoding_
 from gramophone.errors import DecodingError, GramophoneError
 
 if TYPE_CHECKING:
-    from miditok import MusicTokenizer as REMI
-
-    from gramophone.tokenizers.learned import LearnedVocab
+    from miditok import MusicTokenizer
 
     from gramophone.backends import Backend, ModelConfig
     from gramophone.grammar import Automaton
+    from gramophone.tokenizers.learned import LearnedVocab
 
 __all__ = [
     "DecodeOptions",
@@ -87,7 +86,7 @@ class LoadedModel:
     backend: Backend
     params: Any
     config: ModelConfig
-    tokenizer: REMI
+    tokenizer: MusicTokenizer
     automaton: Automaton
     path: Path
 
@@ -149,6 +148,7 @@ def prepare(
     budget: int,
     max_len: int,
     options: DecodeOptions,
+    *,
     learned: LearnedVocab | None = None,
 ) -> tuple[DecodingTables, PreparedPrompt]:
     """Tables over ``learned`` (default: the base vocabulary) and the checked prompt; a
@@ -275,7 +275,7 @@ class DecodeSummary:
         return out
 
 
-def read_prompt(path: Path, tokenizer: REMI) -> list[int]:
+def read_prompt(path: Path, tokenizer: MusicTokenizer) -> list[int]:
     """One stream from a token file or a MIDI file (a :class:`DecodingError` for several)."""
     from gramophone.tokenizers import read_token_file
 
@@ -306,7 +306,9 @@ def decode_to_folder(options: DecodeOptions, log: Callable[[str], None] | None =
     from gramophone.tokenizers.learned import learned_vocab
 
     learned = learned_vocab(loaded.tokenizer)
-    tables, prompt = prepare(loaded.automaton, prompt_ids, budget, loaded.config.max_len, options, learned)
+    tables, prompt = prepare(
+        loaded.automaton, prompt_ids, budget, loaded.config.max_len, options, learned=learned
+    )
     out = Path(options.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -2,14 +2,14 @@
 
 The loop state (the carry, :class:`_Carry`) is one small named tuple, as in Flax's lm1b
 ``temperature_sampler``: the position ``t``, the token buffer ``int32[B, C]``, the KV cache,
-the logits of the next position, the automaton state ``int32[B, G]``, the ``ended`` mask
-and the PRNG key. The model is a :class:`JaxModel`: two pure functions that receive the model's
+the logits of the next position, the automaton state ``int32[B, G]``, the ``ended``
+mask and the PRNG key. The model is a :class:`JaxModel`: two pure functions that receive the model's
 arguments (a pytree, e.g. the parameters) explicitly, so that the parameters are traced
 arguments rather than constants baked into the executable, and a stand-in model can replace
 the Transformer. Nothing runs in Python per step.
 
-Compiled once per shape (batch, prompt bucket, cache length, tables' shapes); the budget, prompt length, prompt, automaton
-state, sampling rules (greedy, temperature, top-k, top-p, switched by ``lax.cond``) and
+Compiled once per shape (batch, prompt bucket, cache length, tables' shapes); the budget,
+prompt length, prompt, automaton state, sampling rules (greedy, temperature, top-k, top-p, switched by ``lax.cond``) and
 seed are traced values, so changing them never recompiles. Compiled executables are
 kept (:data:`_COMPILED`) so the compile time can be reported apart.
 

@@ -27,10 +27,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from gramophone.decoding import rules
-from gramophone.kernels import numpy as kernels
 from gramophone.decoding.rules import Sampling
 from gramophone.decoding.tables import DecodingTables
 from gramophone.errors import DecodingError
+from gramophone.kernels import numpy as kernels
 
 __all__ = ["DecodeRequest", "DecodeResult", "NumpyModel", "backend_model", "sample_numpy"]
 
@@ -139,10 +139,7 @@ def sample_numpy(model: NumpyModel, tables: DecodingTables, request: DecodeReque
     ended = np.zeros(B, bool)
     steps = 0
     for t in range(P, N):
-        if request.constrained:
-            allowed = kernels.allowed(tables, state, N - t)
-        else:
-            allowed = np.ones((B, V), bool)
+        allowed = kernels.allowed(tables, state, N - t) if request.constrained else np.ones((B, V), bool)
         gumbel = rng.gumbel(size=(B, V)).astype(np.float32)
         with np.errstate(over="ignore", invalid="ignore"):
             tok = rules.choose(np.asarray(logits), allowed, request.sampling, gumbel)

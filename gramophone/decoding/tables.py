@@ -398,7 +398,7 @@ def _load_npz(path: os.PathLike[str] | str, keys: Sequence[str]) -> dict[str, np
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in keys}
-    except Exception as exc:  # noqa: BLE001 - any unreadable cache entry is rebuilt
+    except Exception as exc:  # any unreadable cache entry is rebuilt
         log.warning("rebuilding the decoding cache entry %s: %s", path, exc)
         return None
 
@@ -411,7 +411,8 @@ def _key(*parts: object) -> str:
 
 
 def _module_hash() -> str:
-    return hashlib.sha256(open(__file__, "rb").read()).hexdigest()[:16]  # noqa: SIM115
+    with open(__file__, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()[:16]
 
 
 def _product(auto: Automaton, use_cache: bool) -> dict[str, np.ndarray]:
@@ -561,13 +562,13 @@ def decoding_tables(
     t0 = time.perf_counter()
     rows = [_lifted_rows(comps, g, learned) for g in groups]
     timings["rows_s"] = time.perf_counter() - t0
-    starts = []
-    for g in groups:
-        inner, local = 1, 0
-        for i in g:
-            local += comps[i].start * inner
+    starts: list[int] = []
+    for group in groups:
+        inner, start_local = 1, 0
+        for i in group:
+            start_local += comps[i].start * inner
             inner *= comps[i].num_states
-        starts.append(local)
+        starts.append(start_local)
 
     base_index = automaton.token_index
     if learned.trained:

@@ -123,7 +123,8 @@ def sample_torch(
     tokens = torch.full((B, N), pad, dtype=torch.long, device=device)
     tokens[:, :P] = prompt
     positions = torch.arange(N, device=device)
-    state = torch.as_tensor(np.asarray(request.state), dtype=torch.long, device=device).expand(B, -1)  # (B, G)
+    state = torch.as_tensor(np.asarray(request.state), dtype=torch.long, device=device)
+    state = state.expand(B, -1)  # (B, G)
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     steps = 0
     for t in range(P, N):

@@ -143,7 +143,9 @@ def compile_scheme(grammar: SchemeGrammar, vocab: list[str], meta: dict[str, str
         grammar.text, vocab, absent_terminals=grammar.absent_terminals, source=f"{grammar.scheme}.lark"
     )
     components = [
-        Component(name="syntax", transitions=syntax.transitions, accepting=syntax.accepting, start=syntax.start),
+        Component(
+            name="syntax", transitions=syntax.transitions, accepting=syntax.accepting, start=syntax.start
+        ),
         *grammar.components(vocab),
     ]
     return Automaton(tuple(vocab), tuple(components), grammar.text, meta)
