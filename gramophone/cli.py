@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,7 @@ from gramophone._version import __version__
 from gramophone.errors import GramophoneError
 
 if TYPE_CHECKING:
-    from miditok import REMI
+    from miditok import MusicTokenizer
 
     from gramophone.grammar import Automaton
 
@@ -30,12 +30,13 @@ def _err(message: str) -> None:
     print(f"gramophone: {message}", file=sys.stderr)
 
 
-def _load(tokenizer_path: str | None) -> tuple[REMI, Automaton]:
-    from gramophone.grammar import compile_remi
+def _load(tokenizer_path: str | None) -> tuple[MusicTokenizer, Automaton]:
+    """The tokenizer and the automaton of its scheme, over its base vocabulary."""
+    from gramophone.grammar import compile_tokenizer
     from gramophone.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path)
-    return tokenizer, compile_remi(tokenizer)
+    return tokenizer, compile_tokenizer(tokenizer)
 
 
 # -- check ------------------------------------------------------------------------------
@@ -82,17 +83,21 @@ def _lines(chunks: Iterator[str]) -> Iterator[str]:
         yield rest
 
 
-def _file_streams(path: str, tokenizer: REMI) -> Iterator[Iterator[int]] | list[list[int]]:
-    """Streams of ids for one input: lazily for plain text, else read whole."""
+def _file_streams(path: str, tokenizer: MusicTokenizer) -> tuple[Iterable[Iterable[int]], bool]:
+    """Streams of ids for one input, and whether they are learned ids of a trained vocabulary
+    (else base ids): plain text (base tokens) lazily, any other input read whole."""
     from gramophone.errors import TokenFileError
-    from gramophone.tokenizers import MIDI_SUFFIXES, parse_token_bytes, read_token_file
+    from gramophone.tokenizers import MIDI_SUFFIXES, TokenFile, parse_token_bytes, read_tokens
+
+    def whole(tokens: TokenFile) -> tuple[Iterable[Iterable[int]], bool]:
+        return tokens.streams, tokens.learned
 
     if path == "-":
         data = sys.stdin.buffer.read()
-        return parse_token_bytes(data, "<stdin>", tokenizer)
+        return whole(parse_token_bytes(data, "<stdin>", tokenizer))
     p = Path(path)
     if p.is_dir() or not p.exists() or p.suffix.lower() in MIDI_SUFFIXES:
-        return read_token_file(p, tokenizer)
+        return whole(read_tokens(p, tokenizer))
     try:
         with p.open("rb") as fh:
             head = fh.read(4096)
@@ -100,12 +105,12 @@ def _file_streams(path: str, tokenizer: REMI) -> Iterator[Iterator[int]] | list[
         raise TokenFileError(f"{path}: cannot read ({exc.strerror})") from exc
     stripped = head.lstrip()
     if head[:4] == b"MThd" or stripped[:1] in (b"{", b"[") or b"\x00" in head or not stripped:
-        return read_token_file(p, tokenizer)
+        return whole(read_tokens(p, tokenizer))
     try:
         head.decode("utf-8")
     except UnicodeDecodeError:
         if len(head) < 4096:  # not a truncated multi-byte character at the edge
-            return read_token_file(p, tokenizer)
+            return whole(read_tokens(p, tokenizer))
 
     def chunks() -> Iterator[str]:
         try:
@@ -115,14 +120,16 @@ def _file_streams(path: str, tokenizer: REMI) -> Iterator[Iterator[int]] | list[
         except UnicodeDecodeError as exc:
             raise TokenFileError(f"{path}: not UTF-8 text ({exc.reason})") from exc
 
-    return _text_token_streams(chunks(), path, tokenizer.vocab)
+    return _text_token_streams(chunks(), path, tokenizer.vocab), False
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from gramophone.grammar.checker import check_stream
+    from gramophone.tokenizers import model_vocab
 
     try:
         tokenizer, automaton = _load(args.tokenizer)
+        learned_vocab = model_vocab(tokenizer) if tokenizer.is_trained else None
     except GramophoneError as exc:
         _err(str(exc))
         return EXIT_ERROR
@@ -130,23 +137,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     for path in args.files:
         record: dict[str, Any] = {"file": path}
         try:
-            streams = _file_streams(path, tokenizer)
-            total = 0
+            streams, learned = _file_streams(path, tokenizer)
+            vocab = learned_vocab if learned else None
+            total = learned_total = 0
+            violation = None
             record["valid"] = True
             n_streams = 0
             for s, ids in enumerate(streams):
                 n_streams += 1
-                report = check_stream(automaton, ids)
+                report = check_stream(automaton, ids, learned=vocab)
                 total += report.tokens
-                if report.violation is not None:
+                learned_total += report.learned_tokens or 0
+                violation = report.violation
+                if violation is not None:
                     record["valid"] = False
                     if s or (isinstance(streams, list) and len(streams) > 1):
                         record["stream"] = s
-                    record.update(report.violation.to_dict())
+                    record.update(violation.to_dict())
                     break
             if n_streams == 0:
                 raise GramophoneError(f"{path}: no token stream in the file")
             record["tokens"] = total
+            if vocab is not None:
+                record["learned_tokens"] = learned_total
         except GramophoneError as exc:
             message = str(exc)
             record = {"file": path, "error": message}
@@ -162,13 +175,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(record), flush=True)
         elif record["valid"]:
-            print(f"{path}: valid ({record['tokens']} tokens)")
-        else:
+            counted = f"{record['tokens']} tokens"
+            if "learned_tokens" in record:
+                counted = f"{record['learned_tokens']} learned tokens, {record['tokens']} base tokens"
+            print(f"{path}: valid ({counted})")
+        elif violation is not None:
             where = f"stream {record['stream']}, " if "stream" in record else ""
             before = " ".join(record["before"])
             ctx = f" after '... {before}'" if before else ""
             print(
-                f"{path}: invalid at {where}token {record['index']} ({record['token']}){ctx}\n"
+                f"{path}: invalid at {where}{violation.where}{ctx}\n"
                 f"  rejected by {record['rejected_by']}: {record['reason']}\n"
                 f"  expected: {record['expected']}"
             )
@@ -177,7 +193,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # -- tokenize ---------------------------------------------------------------------------
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from gramophone.tokenizers import encode_midi, load_tokenizer, vocab_list
+    from gramophone.tokenizers import encode_midi, load_tokenizer, save_tokenizer, write_token_streams
 
     try:
         tokenizer = load_tokenizer(args.tokenizer)
@@ -187,26 +203,26 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        save_tokenizer(tokenizer, out / "tokenizer.json")
     except OSError as exc:
         _err(f"{out}: cannot create the output folder ({exc.strerror})")
         return EXIT_ERROR
-    tokenizer.save(out / "tokenizer.json")
-    names = vocab_list(tokenizer)
+    except GramophoneError as exc:
+        _err(str(exc))
+        return EXIT_ERROR
     status = EXIT_OK
     for path in args.midi:
+        stem = Path(path).stem
         try:
             streams = encode_midi(tokenizer, path)
+            write_token_streams(out / f"{stem}.json", streams, tokenizer)
         except GramophoneError as exc:
             _err(str(exc))
             status = EXIT_ERROR
             continue
-        stem = Path(path).stem
-        ids: Any = streams[0] if len(streams) == 1 else streams
-        (out / f"{stem}.json").write_text(json.dumps({"ids": ids}) + "\n")
-        text = "\n\n".join(" ".join(names[i] for i in s) for s in streams)
-        (out / f"{stem}.txt").write_text(text + "\n")
         n = sum(len(s) for s in streams)
-        print(f"{path}: {len(streams)} stream(s), {n} tokens -> {out / stem}.json, .txt")
+        what = f"{n} learned tokens" if tokenizer.is_trained else f"{n} tokens"
+        print(f"{path}: {len(streams)} stream(s), {what} -> {out / stem}.json, .txt")
     return status
 
 
@@ -371,11 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="check token files against the grammar",
         description=(
-            "Check token streams against the grammar of the tokenizer's REMI config. FILE is a "
-            'miditok JSON token file ({"ids": [...]} or a list of id lists), plain text of token '
-            "names separated by white space (blank lines separate streams), a MIDI file "
-            "(tokenized with the config), or - for standard input. For each invalid file the "
-            "first violation is reported: where, what rejected it, and what was expected. "
+            "Check token streams against the grammar of the tokenizer's config (REMI, TSD, MIDILike "
+            "or Structured; with a vocabulary trained by BPE, Unigram or WordPiece or not). FILE is a "
+            'miditok JSON token file ({"ids": [...]} or a list of id lists; the learned ids of a '
+            "trained tokenizer), plain text of base token names separated by white space (blank "
+            "lines separate streams), a MIDI file (tokenized with the config), or - for standard "
+            "input. For each invalid file the first violation is reported in base tokens: where "
+            "(and in which learned token), what rejected it, and what was expected. "
             "Exit status: 0 all valid, 1 some invalid, 2 some file could not be read."
         ),
     )
@@ -387,8 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "tokenize",
         help="tokenize MIDI files into token files",
-        description="Tokenize MIDI files with the REMI config; writes NAME.json (miditok's format), "
-        "NAME.txt (token names) and tokenizer.json into DIR.",
+        description="Tokenize MIDI files with the tokenizer (learned ids for a trained one); writes "
+        "NAME.json (miditok's format), NAME.txt (base token names) and tokenizer.json into DIR. "
+        "A file that cannot be read or tokenized is one line on stderr (exit status 2); the "
+        "others are still written, each file whole or not at all.",
     )
     p.add_argument("--tokenizer", metavar="TOKENIZER.json", help=tok_help)
     p.add_argument("midi", nargs="+", metavar="MIDI")

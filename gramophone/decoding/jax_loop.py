@@ -9,8 +9,9 @@ arguments rather than constants baked into the executable, and a stand-in model 
 the Transformer. Nothing runs in Python per step.
 
 Compiled once per shape (batch, prompt bucket, cache length, tables' shapes); the budget,
-prompt length, prompt, automaton state, sampling rules (greedy, temperature, top-k, top-p, switched by ``lax.cond``) and
-seed are traced values, so changing them never recompiles. Compiled executables are
+prompt length, prompt, automaton state, sampling rules (greedy, temperature, top-k, top-p,
+switched by ``lax.cond``) and seed are traced values, so changing them never recompiles.
+Compiled executables are
 kept (:data:`_COMPILED`) so the compile time can be reported apart.
 
 Imported only when the JAX backend is chosen.

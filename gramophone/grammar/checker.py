@@ -4,26 +4,45 @@
 the first violation, says where (index, token, the tokens before it), what rejected it
 (the syntax, or which constraint, in words) and what was expected, summarized
 ("Position_13..31 or Bar_None").
+
+A stream of a trained vocabulary (BPE, Unigram, WordPiece) is checked over the base tokens
+its learned ids stand for (``check_stream(..., learned=vocab)``): the violation is still
+found and explained in base tokens, and also names the learned token it sits in (its index
+among the stream's ids and its base tokens).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gramophone.grammar.automaton import REJECT, Automaton
+
+if TYPE_CHECKING:
+    from gramophone.tokenizers.learned import LearnedVocab
 
 __all__ = ["StreamReport", "Violation", "check_ids", "check_stream", "summarize_tokens"]
 
 CONTEXT = 6  # tokens shown before a violation
 
 
+END = "<end of stream>"
+
+
 @dataclass(frozen=True)
 class Violation:
-    """The first place a stream leaves the language."""
+    """The first place a stream leaves the language.
+
+    ``index``, ``token``, ``before`` and ``expected`` are in base tokens. For a stream of
+    learned ids, ``learned_index`` is the index among the stream's ids of the learned token
+    the offending base token comes from (the number of ids when the stream ends early) and
+    ``learned_token`` its base tokens joined by ``+``; both are ``None`` for a base stream.
+    """
 
     index: int  # position of the offending token; len(stream) when the stream ends early
     token: str  # the token, or "<end of stream>"
@@ -31,16 +50,32 @@ class Violation:
     rejected_by: str  # "syntax", a constraint's name, or "end"
     reason: str
     expected: str
+    learned_index: int | None = None
+    learned_token: str | None = None
 
     def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict (the ``learned_*`` keys only for a stream of learned ids)."""
         d = asdict(self)
         d["before"] = list(self.before)
+        if self.learned_index is None:
+            del d["learned_index"], d["learned_token"]
         return d
+
+    @property
+    def where(self) -> str:
+        """"token 6 (Position_4)", or for learned ids "base token 31 (Position_0) in learned
+        token 12 (Pitch_60+Velocity_71+Duration_1.0.4)"."""
+        if self.learned_index is None:
+            return f"token {self.index} ({self.token})"
+        if self.token == END:
+            return f"base token {self.index} ({END}, after {self.learned_index} learned tokens)"
+        learned = f"learned token {self.learned_index} ({self.learned_token})"
+        return f"base token {self.index} ({self.token}) in {learned}"
 
     def __str__(self) -> str:
         ctx = " ".join(self.before)
         ctx = f" after '{ctx}'" if ctx else ""
-        return f"token {self.index} ({self.token}){ctx}: {self.reason}; expected {self.expected}"
+        return f"{self.where}{ctx}: {self.reason}; expected {self.expected}"
 
 
 def _kind(token: str) -> str:
@@ -131,10 +166,13 @@ def _explain(automaton: Automaton, k: int, state: int, token: str, history: Sequ
 
 @dataclass(frozen=True)
 class StreamReport:
-    """The outcome of checking one stream."""
+    """The outcome of checking one stream: ``tokens``, the base tokens before the violation
+    (all of them if valid); for learned ids ``learned_tokens``, the learned tokens before the
+    one the violation sits in (all of them if valid), else ``None``."""
 
     tokens: int
     violation: Violation | None
+    learned_tokens: int | None = None
 
     @property
     def valid(self) -> bool:
@@ -144,8 +182,18 @@ class StreamReport:
 _TIME_KINDS = frozenset({"Position", "Bar", "Rest", "TimeSig"})
 
 
-def check_stream(automaton: Automaton, ids: Iterable[int]) -> StreamReport:
-    """Check a stream given as any iterable of ids (read lazily: large inputs are streamed)."""
+def check_stream(
+    automaton: Automaton, ids: Iterable[int], *, learned: LearnedVocab | None = None
+) -> StreamReport:
+    """Check a stream given as any iterable of ids (read lazily: large inputs are streamed).
+
+    ``ids`` are base ids (the automaton's vocabulary), or with ``learned`` (a trained
+    vocabulary over that base vocabulary) learned ids: they are expanded into base tokens
+    and a violation also names the learned token it sits in. An untrained ``learned`` (the
+    identity) is the same as none.
+    """
+    if learned is not None and learned.trained:
+        return _check_learned(automaton, list(ids), learned)
     vocab = automaton.vocab
     V = len(vocab)
     flats = automaton.flat_tables
@@ -178,8 +226,25 @@ def check_stream(automaton: Automaton, ids: Iterable[int]) -> StreamReport:
         return StreamReport(n, None)
     history = [vocab[i] for i in recent]
     reason = "the stream is empty" if n == 0 else f"the stream ends incomplete after {history[-1]}"
-    violation = Violation(n, "<end of stream>", tuple(history), "end", reason, _expected(automaton, states))
+    violation = Violation(n, END, tuple(history), "end", reason, _expected(automaton, states))
     return StreamReport(n, violation)
+
+
+def _check_learned(automaton: Automaton, ids: list[int], learned: LearnedVocab) -> StreamReport:
+    if learned.base != automaton.vocab:
+        raise ValueError("the learned vocabulary is not over the automaton's vocabulary")
+    base, owner = learned.expand(ids)
+    report = check_stream(automaton, base)
+    violation = report.violation
+    if violation is None:
+        return StreamReport(report.tokens, None, learned_tokens=len(ids))
+    if violation.index < len(base):
+        k = owner[violation.index]
+        violation = dataclasses.replace(violation, learned_index=k, learned_token=learned.names[ids[k]])
+    else:
+        k = len(ids)
+        violation = dataclasses.replace(violation, learned_index=k, learned_token=END)
+    return StreamReport(report.tokens, violation, learned_tokens=k)
 
 
 def _expected(automaton: Automaton, states: Sequence[int]) -> str:
@@ -190,6 +255,9 @@ def _expected(automaton: Automaton, states: Sequence[int]) -> str:
     return expected
 
 
-def check_ids(automaton: Automaton, ids: Iterable[int]) -> Violation | None:
-    """``None`` if ``ids`` is in the language, else the first :class:`Violation`."""
-    return check_stream(automaton, ids).violation
+def check_ids(
+    automaton: Automaton, ids: Iterable[int], *, learned: LearnedVocab | None = None
+) -> Violation | None:
+    """``None`` if ``ids`` is in the language, else the first :class:`Violation`
+    (``learned``: see :func:`check_stream`)."""
+    return check_stream(automaton, ids, learned=learned).violation

@@ -120,11 +120,11 @@ def learned_vocab(tokenizer: MusicTokenizer) -> LearnedVocab:
     if not tokenizer.is_trained:
         return LearnedVocab(tuple(base), tuple((i,) for i in range(len(base))), trained=False)
     index = {tok: i for i, tok in enumerate(base)}
-    model = tokenizer._model  # noqa: SLF001 - miditok keeps its HF model here
-    mapping = tokenizer._vocab_learned_bytes_to_tokens  # noqa: SLF001
-    byte_to_token = tokenizer._vocab_base_byte_to_token  # noqa: SLF001
+    model = tokenizer._model  # miditok keeps its HF model here
+    mapping = tokenizer._vocab_learned_bytes_to_tokens
+    byte_to_token = tokenizer._vocab_base_byte_to_token
     n = model.get_vocab_size()
-    pieces = []
+    pieces: list[tuple[int, ...]] = []
     for i in range(n):
         key = model.id_to_token(i)
         special = byte_to_token.get(key, "") if key is not None and len(key) > 1 else ""
