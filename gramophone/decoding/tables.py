@@ -69,7 +69,7 @@ from gramophone.errors import DecodingError, GramophoneError
 from gramophone.grammar import REJECT, Automaton, Component
 from gramophone.grammar.checker import check_stream
 from gramophone.grammar.constraints import bars_component
-from gramophone.tokenizers.learned import LearnedVocab
+from gramophone.tokenizers.learned import LearnedVocab, lift
 
 __all__ = [
     "DecodingTables",
@@ -78,7 +78,6 @@ __all__ = [
     "decoding_tables",
     "framing_component",
     "layered_distance",
-    "lift",
     "min_notes_component",
     "prepare_prompt",
 ]
@@ -259,24 +258,6 @@ def layered_distance(
 
 
 # ----------------------------------------------------------------------------- tables
-
-
-def lift(T: np.ndarray, learned: LearnedVocab | None) -> np.ndarray:
-    """``int32[S, V_model]``: a component's transitions ``T`` (``int32[S, V_base]``, REJECT)
-    run over each model token's base sequence (REJECT once any step rejects). The identity
-    vocabulary returns ``T`` itself; an empty learned piece leaves every state in place."""
-    if learned is None or not learned.trained:
-        return T
-    S = T.shape[0]
-    Td = np.vstack([np.where(T == REJECT, S, T), np.full((1, T.shape[1]), S, T.dtype)])  # S: dead
-    pieces = learned.padded  # (V, L)
-    cur = np.tile(np.arange(S, dtype=np.int32)[:, None], (1, pieces.shape[0]))  # (S, V)
-    for j in range(pieces.shape[1]):
-        active = np.nonzero(pieces[:, j] >= 0)[0]
-        if active.size == 0:
-            break
-        cur[:, active] = Td[cur[:, active], pieces[active, j]]
-    return np.where(cur == S, REJECT, cur).astype(np.int32)
 
 
 def _plan_groups(sizes: Sequence[int]) -> list[list[int]]:
@@ -572,9 +553,9 @@ def decoding_tables(
 
     base_index = automaton.token_index
     if learned.trained:
-        used = np.zeros(len(learned.base), bool)
+        used = np.ones(len(learned.base), bool)  # tokens every component accepts somewhere
         for c in comps:
-            used |= (c.transitions != REJECT).any(axis=0)
+            used &= (c.transitions != REJECT).any(axis=0)
         missing = [learned.base[b] for b in np.nonzero(used & (learned.single < 0))[0]]
         if missing:
             raise DecodingError(

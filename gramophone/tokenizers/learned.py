@@ -39,7 +39,11 @@ from gramophone.errors import TokenFileError
 if TYPE_CHECKING:
     from miditok import MusicTokenizer
 
-__all__ = ["LearnedVocab", "learned_vocab"]
+    from gramophone.grammar import Automaton
+
+REJECT = -1  # gramophone.grammar.fsa.REJECT
+
+__all__ = ["LearnedVocab", "learned_vocab", "lift", "lift_automaton"]
 
 _UNIGRAM_SUFFIX = "-unigram"  # miditok.constants.UNIGRAM_SPECIAL_TOKEN_SUFFIX
 
@@ -138,3 +142,43 @@ def learned_vocab(tokenizer: MusicTokenizer) -> LearnedVocab:
         except KeyError as exc:
             raise TokenFileError(f"learned id {i} uses {exc.args[0]!r}, not in the base vocabulary") from None
     return LearnedVocab(tuple(base), tuple(pieces), trained=True)
+
+
+def lift(T: np.ndarray, learned: LearnedVocab | None) -> np.ndarray:
+    """``int32[S, V_model]``: a component's transitions ``T`` (``int32[S, V_base]``, REJECT)
+    run over each model token's base sequence (REJECT once any step rejects). The identity
+    vocabulary returns ``T`` itself; an empty learned piece leaves every state in place."""
+    if learned is None or not learned.trained:
+        return T
+    S = T.shape[0]
+    Td = np.vstack([np.where(T == REJECT, S, T), np.full((1, T.shape[1]), S, T.dtype)])  # S: dead
+    pieces = learned.padded  # (V, L)
+    cur = np.tile(np.arange(S, dtype=np.int32)[:, None], (1, pieces.shape[0]))  # (S, V)
+    for j in range(pieces.shape[1]):
+        active = np.nonzero(pieces[:, j] >= 0)[0]
+        if active.size == 0:
+            break
+        cur[:, active] = Td[cur[:, active], pieces[active, j]]
+    return np.where(cur == S, REJECT, cur).astype(np.int32)
+
+
+def lift_automaton(automaton: Automaton, learned: LearnedVocab) -> Automaton:
+    """``automaton`` over the model vocabulary: each component's rows lifted (:func:`lift`),
+    token names :attr:`LearnedVocab.names`. The identity vocabulary returns ``automaton``.
+
+    What training needs (the states along learned streams and the allowed learned tokens
+    after each); ``Σ S_c x V`` int32 (33 MiB for the shipped REMI grammar at V = 30,000).
+    Checking and decoding keep the base automaton and expand or lift themselves.
+    """
+    from gramophone.grammar import Automaton, Component
+
+    if not learned.trained:
+        return automaton
+    if tuple(learned.base) != tuple(automaton.vocab):
+        raise ValueError("the learned vocabulary is not over this automaton's base vocabulary")
+    comps = tuple(
+        Component(c.name, lift(c.transitions, learned), c.accepting, c.start, dict(c.info))
+        for c in automaton.components
+    )
+    meta = {**automaton.meta, "base_automaton_hash": automaton.hash}
+    return Automaton(learned.names, comps, automaton.grammar_text, meta)
