@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from gramophone.decoding import DecodeRequest, Sampling, decoding_tables, prepare_prompt, sample_numpy
 from gramophone.decoding.tables import decoding_automaton
 from gramophone.grammar import REJECT, compile_tokenizer, derive, fsa
-from gramophone.kernels import numpy as K
+from gramophone.kernels import numpy as kernels
 from gramophone.tokenizers.learned import LearnedVocab, learned_vocab
 from tests.reference import reference_accepts
 
@@ -62,7 +62,9 @@ def setup(model: str, split: str) -> tuple[Any, LearnedVocab, Any, np.ndarray, n
     return tok, learned, tables, dead, dist
 
 
-def _oracle_allowed(learned: LearnedVocab, dead: np.ndarray, dist: np.ndarray, s: int, remaining: int) -> np.ndarray:
+def _oracle_allowed(
+    learned: LearnedVocab, dead: np.ndarray, dist: np.ndarray, s: int, remaining: int
+) -> np.ndarray:
     """bool[V]: run each learned token's base tokens on the explicit product from ``s``."""
     S = dead.shape[0] - 1
     out = np.zeros(len(learned), dtype=bool)
@@ -76,18 +78,18 @@ def _oracle_allowed(learned: LearnedVocab, dead: np.ndarray, dist: np.ndarray, s
 
 def _walk(tables: Any, rng: np.random.Generator, n: int) -> list[int]:
     """A random valid prefix of learned ids (BOS first), drawn with the kernels."""
-    state = K.start(tables, 1)
+    state = kernels.start(tables, 1)
     ids = [tables.bos]
-    state = K.advance(tables, state, np.array([tables.bos]))
+    state = kernels.advance(tables, state, np.array([tables.bos]))
     for _ in range(n):
-        mask = K.allowed(tables, state, 1 << 20)[0]
+        mask = kernels.allowed(tables, state, 1 << 20)[0]
         mask[tables.eos] = False
         cand = np.nonzero(mask)[0]
         if cand.size == 0:
             break
         v = int(cand[rng.integers(cand.size)])
         ids.append(v)
-        state = K.advance(tables, state, np.array([v]))
+        state = kernels.advance(tables, state, np.array([v]))
     return ids
 
 
@@ -105,7 +107,7 @@ def test_learned_mask_is_exact_against_the_explicit_product(model: str, split: s
         state = tables.run(ids)
         for remaining in (1, 2, 3, 5, 8, 13, 1 << 20):
             want = _oracle_allowed(learned, dead, dist, s, remaining)
-            got = K.allowed(tables, state[None, :], remaining)[0]
+            got = kernels.allowed(tables, state[None, :], remaining)[0]
             assert (got == want).all(), (trial, remaining, np.nonzero(got != want)[0][:5])
             checked += 1
     assert checked == 42
@@ -122,7 +124,8 @@ def _assert_valid_streams(tok: Any, learned: LearnedVocab, streams: list[list[in
         assert names[0] == "BOS_None" and names[-1] == "EOS_None", names
         assert reference_accepts(grammar, names), names
         assert any(n.startswith("Pitch_") for n in names)
-        body = [i for i in ids if learned.pieces[i] not in ((learned.base.index(t),) for t in ("BOS_None", "EOS_None"))]
+        framing = {(learned.base.index(t),) for t in ("BOS_None", "EOS_None")}
+        body = [i for i in ids if learned.pieces[i] not in framing]
         seq = TokSequence(ids=list(body), are_ids_encoded=True)
         assert tok.tokens_errors(seq) == 0, names
 
@@ -153,7 +156,7 @@ def _standin(V: int, seed: int, spike: float) -> Any:
     spike=st.sampled_from([0.0, 30.0, np.inf]),
     greedy=st.booleans(),
 )
-def test_numpy_loop_ends_every_stream_valid(
+def test_numpy_loop_ends_every_stream_valid(  # noqa: PLR0917 - hypothesis draws each argument
     model: str, split: str, budget_extra: int, prompt_len: int, seed: int, spike: float, greedy: bool
 ) -> None:
     tok, learned, tables, _, _ = setup(model, split)
@@ -173,25 +176,26 @@ def test_device_kernels_match_numpy_on_learned_tables(framework: str) -> None:
     states = np.stack([tables.run(_walk(tables, rng, int(rng.integers(0, 40)))) for _ in range(8)])
     tokens = rng.integers(0, tables.vocab_size, 8)
     for remaining in (2, 5, 9, 1 << 20):
-        want = K.allowed(tables, states, remaining)
+        want = kernels.allowed(tables, states, remaining)
         if framework == "torch":
             import torch
 
-            from gramophone.kernels import torch as TK
+            from gramophone.kernels import torch as torch_kernels
 
-            tab = TK.device_tables(tables)
-            got = TK.allowed(tab, torch.from_numpy(states.astype(np.int64)), remaining).numpy()
-            nxt = TK.advance(tab, torch.from_numpy(states.astype(np.int64)), torch.from_numpy(tokens)).numpy()
+            tab = torch_kernels.device_tables(tables)
+            t_states = torch.from_numpy(states.astype(np.int64))
+            got = torch_kernels.allowed(tab, t_states, remaining).numpy()
+            nxt = torch_kernels.advance(tab, t_states, torch.from_numpy(tokens)).numpy()
         else:
             import jax.numpy as jnp
 
-            from gramophone.kernels import jax as JK
+            from gramophone.kernels import jax as jax_kernels
 
-            tab = JK.device_tables(tables)
-            got = np.asarray(JK.allowed(tab, jnp.asarray(states), jnp.asarray(remaining, jnp.int32)))
-            nxt = np.asarray(JK.advance(tab, jnp.asarray(states), jnp.asarray(tokens, jnp.int32)))
+            tab = jax_kernels.device_tables(tables)
+            got = np.asarray(jax_kernels.allowed(tab, jnp.asarray(states), jnp.asarray(remaining, jnp.int32)))
+            nxt = np.asarray(jax_kernels.advance(tab, jnp.asarray(states), jnp.asarray(tokens, jnp.int32)))
         assert (got == want).all()
-        assert (nxt == K.advance(tables, states, tokens)).all()
+        assert (nxt == kernels.advance(tables, states, tokens)).all()
 
 
 def test_decoding_tables_scale_with_the_vocabulary_not_the_product() -> None:
