@@ -132,7 +132,7 @@ def _ends_only_when_accepting(component: Component, vocab: Sequence[str]) -> Com
         return component
     T = component.transitions.copy()
     T[~component.accepting, list(vocab).index(EOS)] = REJECT
-    return Component(component.name, T, component.accepting, component.start, dict(component.info))
+    return Component(component.name, T, component.accepting, component.start, dict(component.info), component.neutral)
 
 
 def decoding_automaton(automaton: Automaton, bars: int | None = None) -> Automaton:
@@ -468,15 +468,29 @@ def decoding_tables(
         return int(np.prod([np.prod([comps[i].num_states for i in g]) + 1 for g in gs], dtype=np.float64))
 
     in_dist = list(range(len(groups)))
-    safety = sorted(
-        (g for g in in_dist if all(comps[i].accepting.all() for i in groups[g])),
-        key=lambda g: -int(np.prod([comps[i].num_states for i in groups[g]])),
-    )
-    while cells([groups[g] for g in in_dist]) > max_cells and safety:
-        in_dist.remove(safety.pop(0))
+
+    def neutral(g: int) -> bool:
+        return all(comps[i].neutral and comps[i].accepting.all() for i in groups[g])
+
+    def rows_of(g: int) -> int:
+        return int(np.prod([comps[i].num_states for i in groups[g]]))
+
+    if cells(groups) > max_cells:
+        # leave out neutral groups first (exactness kept), smallest sufficient one first;
+        # then other safety groups (every state accepting), largest first
+        neutrals = sorted((g for g in in_dist if neutral(g)), key=rows_of)
+        enough = [g for g in neutrals if cells([groups[h] for h in in_dist if h != g]) <= max_cells]
+        others = sorted(
+            (g for g in in_dist if not neutral(g) and all(comps[i].accepting.all() for i in groups[g])),
+            key=lambda g: -rows_of(g),
+        )
+        for g in enough[:1] or [*neutrals[::-1], *others]:
+            if cells([groups[h] for h in in_dist]) <= max_cells:
+                break
+            in_dist.remove(g)
     if cells([groups[g] for g in in_dist]) > max_cells:
         raise GramophoneError("the distance table of this grammar is too large to decode with")
-    exact = len(in_dist) == len(groups)
+    exact = all(neutral(g) for g in range(len(groups)) if g not in in_dist)
 
     # Reachable product of the distance components (without the bar counter), then the
     # bar counter's layers by the layered search.

@@ -48,6 +48,13 @@ class Component:
     ``transitions``: ``int32[S, V]``, next state or :data:`REJECT`; ``accepting``:
     ``bool[S]``; ``start``; ``info``: per-state facts for diagnostics (arrays of length
     ``S``, or small lookup arrays), never needed to step.
+
+    ``neutral``: the builder's claim that this constraint never lengthens the shortest
+    valid ending (every state accepting, and wherever it forbids a token an ending just as
+    short remains: note order at one onset is such a constraint, time within the bar is
+    not). Decoding may then leave it out of its distance table and stay exact; the claim
+    is held by the decoding property tests (tight budgets always end valid). It is not
+    part of the language, so not of the hash.
     """
 
     name: str
@@ -55,6 +62,7 @@ class Component:
     accepting: np.ndarray
     start: int
     info: Mapping[str, np.ndarray] = field(default_factory=dict)
+    neutral: bool = False
 
     def __post_init__(self) -> None:
         T = np.asarray(self.transitions)
@@ -254,7 +262,7 @@ class Automaton:
             "components": comp_headers,
         }
         for k, c in enumerate(self.components):
-            comp_headers.append({"name": c.name, "start": c.start, "info": sorted(c.info)})
+            comp_headers.append({"name": c.name, "start": c.start, "info": sorted(c.info), "neutral": c.neutral})
             arrays[f"c{k}_transitions"] = c.transitions
             arrays[f"c{k}_accepting"] = c.accepting
             for key, value in c.info.items():
@@ -288,6 +296,7 @@ class Automaton:
                             accepting=data[f"c{k}_accepting"],
                             start=int(ch["start"]),
                             info=info,
+                            neutral=bool(ch.get("neutral", False)),
                         )
                     )
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:

@@ -63,8 +63,8 @@ class Violation:
 
     @property
     def where(self) -> str:
-        """"token 6 (Position_4)", or for learned ids "base token 31 (Position_0) in learned
-        token 12 (Pitch_60+Velocity_71+Duration_1.0.4)"."""
+        """Where it is, in words: ``token 6 (Position_4)``, or for learned ids ``base token 31
+        (Position_0) in learned token 12 (Pitch_60+Velocity_71+Duration_1.0.4)``."""
         if self.learned_index is None:
             return f"token {self.index} ({self.token})"
         if self.token == END:

@@ -97,9 +97,7 @@ def load_tokenizer(path: str | os.PathLike[str] | None = None) -> MusicTokenizer
         raise TokenFileError(f"{p}: not a miditok tokenizer file (no 'config')")
     name = data.get("tokenization", "REMI")
     if name not in SCHEMES:
-        raise TokenFileError(
-            f"{p}: tokenization {name!r} is not supported (supported: {', '.join(SCHEMES)})"
-        )
+        raise TokenFileError(f"{p}: tokenization {name!r} is not supported (supported: {', '.join(SCHEMES)})")
     try:
         tokenizer: MusicTokenizer = getattr(miditok, name)(params=p)
     except Exception as exc:  # miditok raises many kinds on a bad config
@@ -169,7 +167,10 @@ def encode_score(tokenizer: MusicTokenizer, score: Score) -> list[list[int]]:
                 why = f"encode_ids_split={tokenizer.config.encode_ids_split!r}"
                 limit = getattr(tokenizer._model.model, "max_input_chars_per_word", None)
                 if model == "WordPiece" and limit is not None:
-                    why += f"; WordPiece turns a word longer than {limit} tokens into its unknown token"
+                    why += (
+                        f"; WordPiece turns a word of more than max_input_chars_per_word={limit} "
+                        "tokens into its unknown token"
+                    )
                 raise TokenFileError(
                     f"stream {s}: the trained {model} model does not encode these "
                     f"{len(seq.tokens)} tokens losslessly ({why})"
@@ -329,16 +330,19 @@ def read_token_file(path: str | os.PathLike[str], tokenizer: MusicTokenizer) -> 
 
 # -- token files out ----------------------------------------------------------------------
 def _atomic_write(writers: dict[Path, str | Callable[[Path], None]]) -> None:
-    """Write every file through a temp file beside it, then rename them all into place.
+    """Write files through temp files beside them, then rename them all into place.
 
     ``writers`` maps a path to its text, or to a function that writes a given path. An error
-    leaves no temp file behind and no target changed, and is a :class:`TokenFileError`
-    naming the target.
+    is a :class:`TokenFileError` naming the file, and leaves no temp file and no partial
+    set: if the last rename fails, the files already renamed are removed again.
     """
     temps: list[tuple[Path, Path]] = []
+    done: list[Path] = []
     target = next(iter(writers))
     try:
         for target, content in writers.items():
+            if target.is_dir():
+                raise IsADirectoryError(21, "Is a directory", str(target))
             target.parent.mkdir(parents=True, exist_ok=True)
             prefix = f".{target.stem}."
             fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=target.suffix)
@@ -350,10 +354,11 @@ def _atomic_write(writers: dict[Path, str | Callable[[Path], None]]) -> None:
                 content(Path(tmp_name))
         for target, tmp in temps:
             os.replace(tmp, target)
+            done.append(target)
     except OSError as exc:
-        for _, tmp in temps:
+        for path in [tmp for _, tmp in temps] + done:
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                path.unlink()
         raise TokenFileError(f"{target}: cannot write ({exc.strerror or exc})") from exc
 
 
@@ -377,9 +382,7 @@ def write_token_streams(
             raise TokenFileError(f"{p}: stream {s}: id {bad} is outside the vocabulary (0..{len(vocab) - 1})")
         texts.append(" ".join(vocab.base[b] for b in vocab.expand(ids)[0]))
     ids_obj: object = lists[0] if len(lists) == 1 else lists
-    _atomic_write(
-        {p: json.dumps({"ids": ids_obj}) + "\n", p.with_suffix(".txt"): "\n\n".join(texts) + "\n"}
-    )
+    _atomic_write({p: json.dumps({"ids": ids_obj}) + "\n", p.with_suffix(".txt"): "\n\n".join(texts) + "\n"})
 
 
 def write_token_file(path: str | os.PathLike[str], ids: Sequence[int], tokenizer: MusicTokenizer) -> None:

@@ -177,7 +177,7 @@ def lift_automaton(automaton: Automaton, learned: LearnedVocab) -> Automaton:
     if tuple(learned.base) != tuple(automaton.vocab):
         raise ValueError("the learned vocabulary is not over this automaton's base vocabulary")
     comps = tuple(
-        Component(c.name, lift(c.transitions, learned), c.accepting, c.start, dict(c.info))
+        Component(c.name, lift(c.transitions, learned), c.accepting, c.start, dict(c.info), c.neutral)
         for c in automaton.components
     )
     meta = {**automaton.meta, "base_automaton_hash": automaton.hash}
