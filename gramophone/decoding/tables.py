@@ -132,7 +132,8 @@ def _ends_only_when_accepting(component: Component, vocab: Sequence[str]) -> Com
         return component
     T = component.transitions.copy()
     T[~component.accepting, list(vocab).index(EOS)] = REJECT
-    return Component(component.name, T, component.accepting, component.start, dict(component.info), component.neutral)
+    c = component
+    return Component(c.name, T, c.accepting, c.start, dict(c.info), c.neutral)
 
 
 def decoding_automaton(automaton: Automaton, bars: int | None = None) -> Automaton:

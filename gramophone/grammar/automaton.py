@@ -262,7 +262,9 @@ class Automaton:
             "components": comp_headers,
         }
         for k, c in enumerate(self.components):
-            comp_headers.append({"name": c.name, "start": c.start, "info": sorted(c.info), "neutral": c.neutral})
+            comp_headers.append(
+                {"name": c.name, "start": c.start, "info": sorted(c.info), "neutral": c.neutral}
+            )
             arrays[f"c{k}_transitions"] = c.transitions
             arrays[f"c{k}_accepting"] = c.accepting
             for key, value in c.info.items():
