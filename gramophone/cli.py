@@ -264,13 +264,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
 # -- train ------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from gramophone.backends import get_backend
-    from gramophone.grammar import compile_remi
-    from gramophone.tokenizers import load_tokenizer
-    from gramophone.training import resolve_config, train
+    from gramophone.tokenizers import load_tokenizer, model_automaton
+    from gramophone.training import TOKENIZER_FILE, latest_checkpoint, resolve_config, train
 
     backend = get_backend(args.backend)  # a missing framework fails before the data is built
-    tokenizer = load_tokenizer()
-    automaton = compile_remi(tokenizer)
+    tok_path = args.tokenizer
+    if tok_path is None and args.resume:  # the run's own tokenizer
+        last = latest_checkpoint(Path(args.out))
+        if last is not None and (last / TOKENIZER_FILE).is_file():
+            tok_path = str(last / TOKENIZER_FILE)
+    tokenizer = load_tokenizer(tok_path)
+    automaton = model_automaton(tokenizer)
     config = None
     if not args.resume or args.preset is not None or args.config is not None:
         config = resolve_config(len(automaton.vocab), args.preset, args.config, args.steps)
@@ -317,6 +321,12 @@ def _add_train_parser(sub: Any) -> None:
         ),
     )
     p.add_argument("--backend", required=True, metavar="torch|jax", help="framework to train with")
+    p.add_argument(
+        "--tokenizer",
+        metavar="TOKENIZER.json",
+        help="tokenizer file written by miditok's tokenizer.save, trained (BPE/Unigram/WordPiece) or not "
+        "(default: the shipped REMI config; with --resume: the run's own)",
+    )
     group = p.add_mutually_exclusive_group()
     group.add_argument("--preset", metavar="NAME", help="named model + training config (default: chorales)")
     group.add_argument(

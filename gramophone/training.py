@@ -501,16 +501,15 @@ def train(
     """
     from gramophone.backends import checkpoint as ckpt
     from gramophone.backends import get_backend
-    from gramophone.grammar import compile_remi
     from gramophone.models import check_compatible, checkpoint_meta
-    from gramophone.tokenizers import load_tokenizer
+    from gramophone.tokenizers import load_tokenizer, model_automaton
 
     if checkpoint_every < 1:
         raise TrainingError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     be = get_backend(backend) if isinstance(backend, str) else backend
     run_dir = Path(out)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
-    automaton = automaton if automaton is not None else compile_remi(tokenizer)
+    automaton = automaton if automaton is not None else model_automaton(tokenizer)
     vocab_size = len(automaton.vocab)
 
     existing = latest_checkpoint(run_dir)

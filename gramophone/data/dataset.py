@@ -129,10 +129,10 @@ class DataConfig:
 
 def tokenizer_fingerprint(tokenizer: REMI) -> str:
     """sha256 (16 hex) of the tokenizer's config and vocabulary: what a token id means."""
-    from gramophone.tokenizers import vocab_list
+    from gramophone.tokenizers import model_vocab_names
 
     payload = json.dumps(
-        {"config": tokenizer.config.to_dict(serialize=True), "vocab": vocab_list(tokenizer)},
+        {"config": tokenizer.config.to_dict(serialize=True), "vocab": model_vocab_names(tokenizer)},
         sort_keys=True,
         default=str,
     )
@@ -437,10 +437,11 @@ def build_dataset(
     Raises :class:`DataError` when the grammar rejects a stream of the data or a window
     start would see other allowed tokens than the whole stream (see the module notes).
     """
-    from gramophone.tokenizers import vocab_list
+    from gramophone.tokenizers import model_vocab
 
     config = config or DataConfig()
-    vocab = tuple(vocab_list(tokenizer))
+    learned = model_vocab(tokenizer)
+    vocab = tuple(learned.names)
     if vocab != tuple(automaton.vocab):
         raise DataError("the automaton was compiled for another vocabulary than the tokenizer's")
     if names is None:
@@ -452,11 +453,17 @@ def build_dataset(
             names = [n for n in names if n.split("/")[-1] in found]
     if len(paths) != len(names):
         raise ValueError(f"{len(names)} names but {len(paths)} paths")
-    index = {t: i for i, t in enumerate(vocab)}
+    base_index = {t: i for i, t in enumerate(learned.base)}
     try:
-        bos, eos, pad, bar = (index[t] for t in ("BOS_None", "EOS_None", "PAD_None", "Bar_None"))
+        bos, eos, pad, _bar = (
+            int(learned.single[base_index[t]]) for t in ("BOS_None", "EOS_None", "PAD_None", "Bar_None")
+        )
     except KeyError as exc:
         raise DataError(f"the tokenizer has no {exc.args[0]} token (needed to frame streams)") from None
+    if min(bos, eos, pad) < 0:
+        raise DataError("the trained vocabulary has no single BOS, EOS or PAD token")
+    # a window may start at a token whose base tokens start with a Bar
+    starts_bar = np.array([bool(p) and p[0] == base_index["Bar_None"] for p in learned.pieces])
 
     by_name = dict(zip(names, paths, strict=True))
     parts = split_names(names, seed=config.split_seed)
@@ -497,7 +504,7 @@ def build_dataset(
         starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         ids = np.concatenate(streams[k0 : k0 + n]) if n else np.zeros(0, np.int32)
         st = compact[pos : pos + int(starts[-1])]
-        bars = np.flatnonzero(ids == bar)
+        bars = np.flatnonzero(starts_bar[ids])
         bars = bars[~np.isin(bars, starts[:-1] + 1)].astype(np.int64)  # not right after BOS
         splits[split] = TokenSplit(
             name=split,

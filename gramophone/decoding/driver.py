@@ -102,7 +102,7 @@ def load_model(backend_name: str, checkpoint: str | Path | None = None) -> Loade
     from gramophone.backends import get_backend
     from gramophone.grammar import compile_tokenizer
     from gramophone.models import check_compatible
-    from gramophone.tokenizers import load_tokenizer
+    from gramophone.tokenizers import load_tokenizer, model_automaton
 
     backend = get_backend(backend_name)
     if checkpoint is None:
@@ -115,7 +115,8 @@ def load_model(backend_name: str, checkpoint: str | Path | None = None) -> Loade
     tok_file = path / "tokenizer.json"
     tokenizer = load_tokenizer(tok_file if tok_file.is_file() else None)
     automaton = compile_tokenizer(tokenizer)
-    check_compatible(info.meta, info.model.vocab_size, tokenizer, automaton, where=str(path))
+    checked = model_automaton(tokenizer) if tokenizer.is_trained else automaton
+    check_compatible(info.meta, info.model.vocab_size, tokenizer, checked, where=str(path))
     loaded = backend.load(path)
     return LoadedModel(backend, loaded.params, info.model, tokenizer, automaton, path)
 

@@ -61,9 +61,9 @@ def checkpoint_meta(tokenizer: REMI, automaton: Automaton, **extra: Any) -> dict
     ``vocab_size``, ``vocab_hash`` (sha256 of the JSON list of names, 16 hex, as decoding
     checks it), ``tokenizer_hash``, ``tokenizer_config``, ``automaton_hash``, plus ``extra``."""
     from gramophone.data.dataset import tokenizer_fingerprint
-    from gramophone.tokenizers import vocab_list
+    from gramophone.tokenizers import model_vocab_names
 
-    vocab = vocab_list(tokenizer)
+    vocab = model_vocab_names(tokenizer)
     return {
         "vocab": vocab,
         "vocab_size": len(vocab),
@@ -91,9 +91,9 @@ def check_compatible(
     that records no vocabulary (written outside :mod:`gramophone.training`) is checked
     on its size only.
     """
-    from gramophone.tokenizers import vocab_list
+    from gramophone.tokenizers import model_vocab_names
 
-    vocab = vocab_list(tokenizer)
+    vocab = model_vocab_names(tokenizer)
     if vocab_size != len(vocab):
         raise CheckpointError(
             f"{where}: the model has a vocabulary of {vocab_size} tokens, the tokenizer {len(vocab)}; "

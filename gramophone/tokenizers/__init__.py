@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from miditok import MusicTokenizer
     from symusic.core import ScoreTick as Score
 
+    from gramophone.grammar import Automaton
     from gramophone.tokenizers.learned import LearnedVocab
 
 __all__ = [
@@ -62,6 +63,8 @@ __all__ = [
     "read_token_file",
     "read_tokens",
     "save_tokenizer",
+    "model_automaton",
+    "model_vocab_names",
     "vocab_list",
     "write_token_file",
     "write_token_streams",
@@ -132,6 +135,22 @@ def model_vocab(tokenizer: MusicTokenizer) -> LearnedVocab:
     vocab = learned_vocab(tokenizer)
     _MODEL_VOCABS[key] = (model, vocab)
     return vocab
+
+
+def model_vocab_names(tokenizer: MusicTokenizer) -> list[str]:
+    """Names of the model's token ids: base names, ``+``-joined for a learned token (the
+    same as :func:`vocab_list` for an untrained tokenizer). What a checkpoint records."""
+    return list(model_vocab(tokenizer).names)
+
+
+def model_automaton(tokenizer: MusicTokenizer) -> Automaton:
+    """The grammar over the model's ids: :func:`~gramophone.grammar.compile_tokenizer`, lifted
+    to the learned ids of a trained tokenizer (what training runs along its streams and a
+    checkpoint's automaton hash names)."""
+    from gramophone.grammar import compile_tokenizer
+    from gramophone.tokenizers.learned import lift_automaton
+
+    return lift_automaton(compile_tokenizer(tokenizer), model_vocab(tokenizer))
 
 
 def vocab_list(tokenizer: MusicTokenizer) -> list[str]:
