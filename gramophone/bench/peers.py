@@ -40,7 +40,7 @@ import statistics
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ import numpy as np
 
 from gramophone.bench.common import markdown_table, record, timed
 from gramophone.bench.peer_grammars import (
+    DELIMITER,
     LEVELS,
     RemiTokens,
     peer_tokens,
@@ -616,7 +617,7 @@ def peer_engine(system: str, vocab: Sequence[str]) -> PeerEngine:
 def _walk_tokens(streams: Sequence[Sequence[int]], batch: int, steps: int) -> np.ndarray:
     """``int64[batch, steps]``: the first tokens of ``batch`` streams (cycled if too few),
     BOS left out (every system starts after it)."""
-    streams = [s[1:] if s and s[0] == 1 else s for s in streams]
+    streams = [s[1:] if s and s[0] == 1 else s for s in streams]  # BOS is id 1 (base and BPE ids)
     long_enough = [s for s in streams if len(s) >= steps]
     if not long_enough:
         raise ValueError(f"no stream has {steps} tokens")
@@ -693,45 +694,73 @@ def mask_step_records(
     quick: bool = False,
     systems: Sequence[str] | None = None,
     log: Callable[[str], None] = lambda _m: None,
+    tokenizer: Any = None,
+    tokenizer_name: str = "remi",
+    levels: Mapping[str, Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """``mask_step`` records of every system (``systems``: a subset) on ``streams``
-    (token ids of the shipped config), ``steps`` steps at each batch size."""
-    from gramophone.grammar import compile_remi
-    from gramophone.tokenizers import load_tokenizer
+    """``mask_step`` records of every system (``systems``: a subset) on ``streams`` (model
+    ids of ``tokenizer``, default the shipped config), ``steps`` steps at each batch size.
 
-    tok = load_tokenizer()
+    A trained ``tokenizer`` gives the peers its learned vocabulary natively: each learned
+    token is the concatenation of its base tokens' delimited names (they handle tokens that
+    span several terminals); gramophone decodes with its lifted tables. ``levels``: the
+    grammar levels to run per peer (default: ``syntax`` and the compared level)."""
+    from gramophone.decoding.tables import decoding_tables
+    from gramophone.grammar import compile_remi
+    from gramophone.tokenizers import load_tokenizer, model_vocab
+
+    tok = tokenizer if tokenizer is not None else load_tokenizer()
     auto = compile_remi(tok)
-    V = len(auto.vocab)
+    learned = model_vocab(tok)
+    # the peers' names: base names joined by their delimiter (the last one is added by
+    # peer_tokens); an empty learned piece gets a name no grammar matches
+    names = [
+        DELIMITER.join(auto.vocab[b] for b in piece) if piece else f"<empty-{i}>"
+        for i, piece in enumerate(learned.pieces)
+    ]
+    V = len(names)
+    common = {"tokenizer": tokenizer_name, "vocab_size": V}
     chosen = list(OURS) + list(PEERS) if systems is None else list(systems)
     records: list[dict[str, Any]] = []
     token_sets = {b: _walk_tokens(streams, b, steps) for b in batches}
-    from gramophone.decoding.tables import decoding_tables
-
-    tables = decoding_tables(auto)
+    tables = decoding_tables(auto, learned=learned)
     remi_tokens = RemiTokens.from_tokenizer(tok)
 
     for system in chosen:
         if not peer_available(system):
-            records += [r for r in missing_records(system) if r["benchmark"] == "mask_step"]
+            records += [
+                {**r, **common} for r in missing_records(system) if r["benchmark"] == "mask_step"
+            ]
             continue
-        log(f"mask_step {system}")
+        log(f"mask_step {system} ({tokenizer_name})")
         if system in OURS:
             with _one_torch_thread():
                 for stepper, params in _our_steppers(system, tables):
                     for b in batches:
-                        records.append(_measure(system, stepper, token_sets[b], V, repeats, **params))
+                        rec = _measure(system, stepper, token_sets[b], V, repeats, **params, **common)
+                        records.append(rec)
             continue
-        engine = peer_engine(system, auto.vocab)
         compared = (QUICK_LEVEL if quick else {}).get(system, COMPARED_LEVEL[system])
-        for level in dict.fromkeys(("syntax", compared)):
+        todo = list((levels or {}).get(system, dict.fromkeys(("syntax", compared))))
+        try:
+            engine = peer_engine(system, names)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a Rust panic (pyo3) is a BaseException
+            why = f"the engine refuses this vocabulary: {type(exc).__name__}: {str(exc)[:200]}"
+            records += [
+                record("mask_step", system, "us_per_step", None, "us", status="error", batch=b,
+                       grammar=level, notes=why, **common)
+                for level in todo for b in batches
+            ]  # fmt: skip
+            continue
+        for level in todo:
             engine.compile(grammar_text(system, remi_tokens, level))
             with _one_torch_thread():
                 for b in batches:
-                    records.append(
-                        _measure(
-                            system, engine, token_sets[b], engine.width, repeats, grammar=level, loop="python"
-                        )
-                    )
+                    params = {"grammar": level, "loop": "python", **common}
+                    rec = _measure(system, engine, token_sets[b], engine.width, repeats, **params)
+                    records.append(rec)
     return records
 
 
