@@ -26,6 +26,7 @@ __all__ = ["SECTIONS", "run_all", "write_report"]
 SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("grammar", "gramophone.bench.grammar", "Grammar core"),
     ("peers", "gramophone.bench.peers", "Mask step and compile time against the peer engines"),
+    ("vocab", "gramophone.bench.vocab", "Trained vocabularies (BPE 10k and 30k): tables and mask step"),
     ("train", "gramophone.bench.train", "Training throughput"),
     ("decode", "gramophone.bench.decode", "Decoding throughput and the cost of the mask"),
     ("validity", "gramophone.bench.validity_table", "Validity of sampled pieces"),

@@ -501,6 +501,7 @@ def decoding_tables(
     prod = _product(dense_auto, use_cache)
     timings = {"product_s": time.perf_counter() - t0}
     T, acc, tuples = prod["T"], prod["accepting"], prod["tuples"]
+    timings["product_states"] = float(T.shape[0])
     if bar_comp is not None and any(bar_comp in groups[g] for g in in_dist):
         t0 = time.perf_counter()
         side = comps[bar_comp]
