@@ -2,8 +2,8 @@
 
 - :mod:`~gramophone.decoding.rules`: the sampling rules, written once (spec + numpy);
 - :mod:`~gramophone.decoding.tables`: the decoding automaton (grammar + BOS/EOS framing +
-  one note at least + optional bar count) as a dense product table, a side counter and a
-  layered distance-to-acceptance table;
+  one note at least + optional bar count) as per-group rows over the model's vocabulary
+  (learned tokens lifted) and one exact distance-to-acceptance table;
 - :mod:`~gramophone.decoding.loop`: the loop contract and the numpy reference loop;
 - ``torch_loop`` / ``jax_loop``: the device loops, imported only when chosen;
 - :mod:`~gramophone.decoding.driver`: checkpoint -> batches -> files (``gramophone decode``).
@@ -22,7 +22,13 @@ from gramophone.decoding.driver import (
 )
 from gramophone.decoding.loop import DecodeRequest, DecodeResult, sample_numpy
 from gramophone.decoding.rules import INF, Sampling
-from gramophone.decoding.tables import DecodingTables, PreparedPrompt, decoding_tables, prepare_prompt
+from gramophone.decoding.tables import (
+    DecodingTables,
+    PreparedPrompt,
+    decoding_tables,
+    prepare_prompt,
+    tables_for,
+)
 
 __all__ = [
     "INF",
@@ -41,4 +47,5 @@ __all__ = [
     "register_loop",
     "sample_numpy",
     "sampler_for",
+    "tables_for",
 ]

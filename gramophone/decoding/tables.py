@@ -80,12 +80,13 @@ __all__ = [
     "layered_distance",
     "min_notes_component",
     "prepare_prompt",
+    "tables_for",
 ]
 
 log = logging.getLogger(__name__)
 
 BOS, EOS, PAD = "BOS_None", "EOS_None", "PAD_None"
-NOTE_KINDS = ("Pitch", "PitchDrum")
+NOTE_KINDS = ("Pitch", "PitchDrum", "NoteOn", "DrumOn")
 _CACHE_FORMAT = 2
 MAX_CELLS = 1 << 28  # largest cartesian distance table (bytes at uint8)
 MAX_GROUP_ROWS = 4096  # largest merged group
@@ -604,6 +605,26 @@ def decoding_tables(
         exact=exact,
         bars=bars,
         meta=timings,
+    )
+
+
+def tables_for(tokenizer: object, bars: int | None = None, *, use_cache: bool = True) -> DecodingTables:
+    """The decoding tables of a miditok tokenizer (any supported scheme, trained or not):
+    what the kernels of :mod:`gramophone.kernels` step through.
+
+    >>> from gramophone.tokenizers import load_tokenizer
+    >>> tables = tables_for(load_tokenizer())       # the shipped REMI config
+    >>> tables.vocab_size, tables.shortest()
+    (229, 8)
+    """
+    from gramophone.grammar import compile_tokenizer
+    from gramophone.tokenizers import model_vocab
+
+    return decoding_tables(
+        compile_tokenizer(tokenizer),  # type: ignore[arg-type]
+        bars,
+        learned=model_vocab(tokenizer),  # type: ignore[arg-type]
+        use_cache=use_cache,
     )
 
 
