@@ -123,6 +123,44 @@ def _file_streams(path: str, tokenizer: MusicTokenizer) -> tuple[Iterable[Iterab
     return _text_token_streams(chunks(), path, tokenizer.vocab), False
 
 
+_CHECKED_SUFFIXES = (".json", ".txt", ".mid", ".midi", ".smf")
+
+
+def _is_tokenizer_file(path: Path) -> bool:
+    """A miditok tokenizer file (``tokenizer.save``), which ``check`` skips in a folder or glob."""
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return False
+    if path.name == "tokenizer.json":
+        return True
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return b'"ids"' not in head and (b'"tokenization"' in head or b'"_vocab_base"' in head)
+
+
+def _expand_check_paths(paths: Sequence[str]) -> Iterator[str]:
+    """Files as given; a folder becomes its token and MIDI files (recursively, sorted);
+    tokenizer files are skipped with a note (``decode`` and ``tokenize`` write one beside
+    their token files, so ``check DIR/*.json`` just works)."""
+    for name in paths:
+        p = Path(name)
+        if name != "-" and p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _CHECKED_SUFFIXES)
+            files = []
+            for f in found:
+                if _is_tokenizer_file(f):
+                    _err(f"{f}: skipped (a tokenizer file, not a token file)")
+                else:
+                    files.append(str(f))
+            yield from files or [name]  # an empty folder: "is a directory", exit status 2
+        elif name != "-" and _is_tokenizer_file(p):
+            _err(f"{name}: skipped (a tokenizer file, not a token file)")
+        else:
+            yield name
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from gramophone.grammar.checker import check_stream
     from gramophone.tokenizers import model_vocab
@@ -134,7 +172,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_ERROR
     status = EXIT_OK
-    for path in args.files:
+    for path in _expand_check_paths(args.files):
         record: dict[str, Any] = {"file": path}
         try:
             streams, learned = _file_streams(path, tokenizer)

@@ -167,6 +167,12 @@ def test_tokenize_then_check_roundtrip(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert code == 0, out
     assert out.count(": valid") == 3
+    # a folder is checked file by file; the tokenizer file beside the tokens is skipped
+    code, out, err = run(["check", str(tmp_path / "tok")], capsys)
+    assert code == 0 and out.count(": valid") == 2, out
+    assert "tokenizer.json: skipped" in err
+    code, out, err = run(["check", *map(str, sorted((tmp_path / "tok").glob("*.json")))], capsys)
+    assert code == 0 and out.count(": valid") == 1 and "skipped" in err
 
 
 def test_large_text_input_is_streamed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
