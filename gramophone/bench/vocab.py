@@ -88,7 +88,7 @@ def _table_records(name: str, tokenizer: Any) -> list[dict[str, Any]]:
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """The section: tables for every tokenizer, then the mask step (fewer steps and systems
     with ``quick``)."""
-    from gramophone.bench.peers import mask_step_records
+    from gramophone.bench.peers import OURS, PEERS, mask_step_records
     from gramophone.tokenizers import load_tokenizer
 
     records: list[dict[str, Any]] = []
@@ -103,16 +103,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         if name == "remi":
             continue  # the base vocabulary's mask step is the peers section's
         streams = [[1, *s] for s in _streams(tok, 40 if quick else 120)]
+        ours = ["gramophone-numpy", "gramophone-jax"] if quick else list(OURS)
+        common = {"quick": quick, "tokenizer": tok, "tokenizer_name": name, "levels": LEARNED_LEVELS}
         records += mask_step_records(
-            streams,
-            steps=8 if quick else 32,
-            repeats=1 if quick else 3,
-            quick=quick,
-            systems=None if not quick else ["gramophone-numpy", "gramophone-jax"],
-            tokenizer=tok,
-            tokenizer_name=name,
-            levels=LEARNED_LEVELS,
+            streams, steps=8 if quick else 32, repeats=1 if quick else 3, systems=ours, **common
         )
+        if not quick:  # the peers take seconds per step at batch 64: fewer steps
+            records += mask_step_records(streams, steps=8, repeats=1, systems=list(PEERS), **common)
     return records
 
 

@@ -59,6 +59,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -70,6 +71,9 @@ from gramophone.grammar import REJECT, Automaton, Component
 from gramophone.grammar.checker import check_stream
 from gramophone.grammar.constraints import bars_component
 from gramophone.tokenizers.learned import LearnedVocab, lift
+
+if TYPE_CHECKING:
+    from miditok import MusicTokenizer
 
 __all__ = [
     "DecodingTables",
@@ -608,7 +612,7 @@ def decoding_tables(
     )
 
 
-def tables_for(tokenizer: object, bars: int | None = None, *, use_cache: bool = True) -> DecodingTables:
+def tables_for(tokenizer: MusicTokenizer, bars: int | None = None, *, use_cache: bool = True) -> DecodingTables:
     """The decoding tables of a miditok tokenizer (any supported scheme, trained or not):
     what the kernels of :mod:`gramophone.kernels` step through.
 
@@ -621,9 +625,9 @@ def tables_for(tokenizer: object, bars: int | None = None, *, use_cache: bool = 
     from gramophone.tokenizers import model_vocab
 
     return decoding_tables(
-        compile_tokenizer(tokenizer),  # type: ignore[arg-type]
+        compile_tokenizer(tokenizer),
         bars,
-        learned=model_vocab(tokenizer),  # type: ignore[arg-type]
+        learned=model_vocab(tokenizer),
         use_cache=use_cache,
     )
 
