@@ -612,7 +612,9 @@ def decoding_tables(
     )
 
 
-def tables_for(tokenizer: MusicTokenizer, bars: int | None = None, *, use_cache: bool = True) -> DecodingTables:
+def tables_for(
+    tokenizer: MusicTokenizer, bars: int | None = None, *, use_cache: bool = True
+) -> DecodingTables:
     """The decoding tables of a miditok tokenizer (any supported scheme, trained or not):
     what the kernels of :mod:`gramophone.kernels` step through.
 
