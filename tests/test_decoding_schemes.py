@@ -118,6 +118,7 @@ def test_device_loops_on_other_schemes(backend: str, scheme: str, model: str | N
     params = be.from_numpy(init_weights(config, 0), config)
     p = prepare_prompt(tables, compile_tokenizer(tok))
     for budget in (p.min_total, 64):
-        request = DecodeRequest(p.ids, p.state, 3, budget, Sampling(temperature=1.5), seed=budget, capacity=64)
+        sampling = Sampling(temperature=1.5)
+        request = DecodeRequest(p.ids, p.state, 3, budget, sampling, seed=budget, capacity=64)
         result = sampler_for(be, params)(tables, request)
         _assert_valid(tok, result.streams(), budget)
