@@ -256,4 +256,5 @@ def note_order_component(vocab: Sequence[str], use_programs: bool, drums_use_pit
         accepting=np.ones(S, dtype=bool),
         start=start_state,
         info={"program": prog.astype(np.int32), "last_pitch": last.astype(np.int32)},
+        neutral=True,  # an ending never needs another note at this onset
     )

@@ -429,6 +429,7 @@ def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
         accepting=np.ones(S, dtype=bool),
         start=0,
         info={"program": programs[prog_of], "last_pitch": pitches[last_of]},
+        neutral=True,  # an ending never needs another note at this time
     )
 
 
