@@ -1087,3 +1087,23 @@ def test_every_supported_config_decodes_valid_pieces(name: str, seed: int, extra
         assert names[0] == "BOS_None" and names[-1] == "EOS_None" and len(ids) <= budget, names
         assert reference_accepts(grammar, names), names
         assert miditok_errors(tok, ids) == 0, names
+
+
+def test_jax_compilation_is_cached_across_processes(tmp_path: Path) -> None:
+    """A second `decode --backend jax` in a new process loads XLA's executables from the
+    persistent cache under gramophone's cache folder: no new entry is written (the time it
+    saves is measured in the benchmarks, never asserted here)."""
+    import os
+
+    env = {**os.environ, "GRAMOPHONE_CACHE": str(tmp_path / "cache")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    cmd = [sys.executable, "-m", "gramophone", "decode", "--backend", "jax", "--num", "1"]
+    cmd += ["--max-tokens", "24", "--no-audio"]
+    subprocess.run([*cmd, "--out", str(tmp_path / "a")], check=True, env=env, capture_output=True)
+    entries = sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir())
+    assert entries
+    subprocess.run([*cmd, "--out", str(tmp_path / "b")], check=True, env=env, capture_output=True)
+    assert sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir()) == entries
+    first = json.loads((tmp_path / "a" / "summary.json").read_text())["compile_seconds"]
+    second = json.loads((tmp_path / "b" / "summary.json").read_text())["compile_seconds"]
+    assert first > 0 and second > 0

@@ -14,6 +14,12 @@ switched by ``lax.cond``) and seed are traced values, so changing them never rec
 Compiled executables are
 kept (:data:`_COMPILED`) so the compile time can be reported apart.
 
+**First token fast.** XLA's persistent compilation cache is switched on, under
+``cache_dir()/jax`` (:func:`enable_compilation_cache`): a second ``gramophone decode --backend
+jax`` in a new process loads the compiled loop instead of compiling it again
+(``compile_seconds`` in ``summary.json``). ``GRAMOPHONE_JAX_CACHE=0`` turns it off; a cache
+folder set by the user (``JAX_COMPILATION_CACHE_DIR``) is kept.
+
 Imported only when the JAX backend is chosen.
 """
 
@@ -46,6 +52,28 @@ __all__ = [
 ]
 
 Array = jax.Array
+
+
+def enable_compilation_cache() -> None:
+    """XLA's persistent compilation cache under gramophone's cache folder (every entry, not
+    only slow compiles); unwritable folders only cost the cache, never the run."""
+    import os
+
+    from gramophone._paths import cache_dir
+
+    if os.environ.get("GRAMOPHONE_JAX_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
+        return
+    try:
+        path = cache_dir() / "jax"
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+enable_compilation_cache()
 
 
 @dataclass(frozen=True)
