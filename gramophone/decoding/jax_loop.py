@@ -61,7 +61,8 @@ def enable_compilation_cache() -> None:
 
     from gramophone._paths import cache_dir
 
-    if os.environ.get("GRAMOPHONE_JAX_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
+    user_dir = getattr(jax.config, "jax_compilation_cache_dir", None)
+    if os.environ.get("GRAMOPHONE_JAX_CACHE", "1") == "0" or user_dir:
         return
     try:
         path = cache_dir() / "jax"

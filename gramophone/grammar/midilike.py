@@ -102,7 +102,12 @@ import numpy as np
 from gramophone.errors import UnsupportedConfigError
 from gramophone.grammar.automaton import Component
 from gramophone.grammar.fsa import REJECT
-from gramophone.grammar.schemes import grammar_file_text
+from gramophone.grammar.schemes import (
+    absent_terminals,
+    event_options,
+    grammar_file_text,
+    refuse_common_options,
+)
 
 if TYPE_CHECKING:
     from miditok import MusicTokenizer
@@ -131,14 +136,6 @@ MAX_PROGRAMS = 4
 MAX_LIVENESS_STATES = 16384
 
 #: Options (and the value that is supported) checked by :func:`derive`.
-_UNSUPPORTED_FLAGS = {
-    "use_key_signatures": False,
-    "use_control_changes": False,
-    "use_pitch_intervals": False,
-    "program_changes": False,
-    "sustain_pedal_duration": False,
-}
-
 _NOTE_ON = ("NoteOn", "DrumOn")
 _NOTE_OFF = ("NoteOff", "DrumOff")
 _TIME_MOVES = ("TimeShift", "Rest")
@@ -364,16 +361,7 @@ def derive(tokenizer: MusicTokenizer, *, max_open_per_pitch: int = MAX_OPEN_PER_
     if max_open_per_pitch < 1:
         raise ValueError("max_open_per_pitch must be at least 1")
     cfg = tokenizer.config
-    for option, supported in _UNSUPPORTED_FLAGS.items():
-        if bool(getattr(cfg, option)) != supported:
-            raise UnsupportedConfigError(
-                f"tokenizer option {option}={getattr(cfg, option)!r} is not supported"
-            )
-    if cfg.use_programs and not cfg.one_token_stream_for_programs:
-        raise UnsupportedConfigError(
-            "use_programs with one_token_stream_for_programs=False is not supported "
-            "(programs in one stream only)"
-        )
+    refuse_common_options(cfg, note_ends="NoteOff tokens")
     if cfg.use_programs and cfg.remove_duplicated_notes:
         raise UnsupportedConfigError(
             "remove_duplicated_notes=True with use_programs=True is not supported for MIDILike: "
@@ -384,17 +372,6 @@ def derive(tokenizer: MusicTokenizer, *, max_open_per_pitch: int = MAX_OPEN_PER_
         raise UnsupportedConfigError(
             "tokenizer option max_duration is not supported for MIDILike "
             "(checking note lengths would need the age of every open note)"
-        )
-    active_ac = sorted(k for k, v in vars(cfg).items() if k.startswith("ac_") and v is True)
-    if active_ac:
-        raise UnsupportedConfigError(f"attribute controls are not supported ({', '.join(active_ac)})")
-    # Without programs, miditok encodes every track (drums too) in a stream of its own.
-    needed = set(cfg.programs) if cfg.use_programs else set(range(-1, 128))
-    missing = needed - set(cfg.use_note_duration_programs)
-    if missing:
-        raise UnsupportedConfigError(
-            "use_note_duration_programs must cover every program (NoteOff tokens for all notes); "
-            f"missing {sorted(missing)[:5]}"
         )
     if cfg.use_programs and len(cfg.programs) > MAX_PROGRAMS:
         raise UnsupportedConfigError(
@@ -417,24 +394,7 @@ def derive(tokenizer: MusicTokenizer, *, max_open_per_pitch: int = MAX_OPEN_PER_
                 "on drum pitches outside the pitch range)"
             )
 
-    specials = {tok.split("_")[0] for tok in cfg.special_tokens}
-    absent = set()
-    for terminal, present in (
-        ("BOS", "BOS" in specials),
-        ("EOS", "EOS" in specials),
-        ("PAD", "PAD" in specials),
-        ("TIME_SIG", cfg.use_time_signatures),
-        ("REST", cfg.use_rests),
-        ("TEMPO", cfg.use_tempos),
-        ("CHORD", cfg.use_chords),
-        ("PROGRAM", cfg.use_programs),
-        ("VELOCITY", cfg.use_velocities),
-        ("PEDAL", cfg.use_sustain_pedals),
-        ("PEDAL_OFF", cfg.use_sustain_pedals),
-        ("PITCH_BEND", cfg.use_pitch_bends),
-    ):
-        if not present:
-            absent.add(terminal)
+    absent = absent_terminals(cfg, event_options(cfg))
     overrides: list[str] = []
     if not cfg.use_velocities:
         overrides.append("%override velocity:")

@@ -20,7 +20,7 @@ import hashlib
 import importlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,12 +35,16 @@ if TYPE_CHECKING:
     from miditok import MusicTokenizer
 
 __all__ = [
+    "COMMON_UNSUPPORTED",
     "SCHEMES",
     "SchemeGrammar",
+    "absent_terminals",
     "base_vocab",
     "compile_tokenizer",
     "derive",
+    "event_options",
     "grammar_file_text",
+    "refuse_common_options",
     "scheme_of",
 ]
 
@@ -72,6 +76,68 @@ class SchemeGrammar(Protocol):
     def components(self, vocab: Sequence[str]) -> list[Component]:
         """The constraint automata (over ``vocab``, the base vocabulary), in lockstep order."""
         ...
+
+
+#: Options no scheme covers yet, with the value that is supported (checked by every derive).
+COMMON_UNSUPPORTED: dict[str, bool] = {
+    "use_key_signatures": False,
+    "use_control_changes": False,
+    "use_pitch_intervals": False,
+    "program_changes": False,
+    "sustain_pedal_duration": False,
+}
+
+
+def refuse_common_options(
+    config: Any, *, flags: Mapping[str, bool] = COMMON_UNSUPPORTED, note_ends: str = "Duration tokens"
+) -> None:
+    """What every scheme refuses alike (a miditok ``TokenizerConfig``): ``flags`` not at their
+    supported value, programs in several streams, attribute controls, and notes without
+    their ``note_ends`` (``use_note_duration_programs`` must cover every program a stream
+    may hold: the config's programs, or all of them without ``use_programs``, since miditok
+    then encodes every track, drums included)."""
+    for option, supported in flags.items():
+        if bool(getattr(config, option)) != supported:
+            value = getattr(config, option)
+            raise UnsupportedConfigError(f"tokenizer option {option}={value!r} is not supported")
+    if config.use_programs and not config.one_token_stream_for_programs:
+        raise UnsupportedConfigError(
+            "use_programs with one_token_stream_for_programs=False is not supported "
+            "(programs in one stream only)"
+        )
+    active = sorted(k for k, v in vars(config).items() if k.startswith("ac_") and v is True)
+    if active:
+        raise UnsupportedConfigError(f"attribute controls are not supported ({', '.join(active)})")
+    programs = set(config.programs) if config.use_programs else set(range(-1, 128))
+    missing = programs - set(config.use_note_duration_programs)
+    if missing:
+        raise UnsupportedConfigError(
+            f"use_note_duration_programs must cover every program ({note_ends} for all notes); "
+            f"missing {sorted(missing)[:5]}"
+        )
+
+
+def event_options(config: Any) -> list[tuple[str, bool]]:
+    """``(terminal, present)`` for the event types a config turns on or off (the terminal
+    names every shipped grammar uses for them)."""
+    return [
+        ("TIME_SIG", config.use_time_signatures),
+        ("REST", config.use_rests),
+        ("TEMPO", config.use_tempos),
+        ("CHORD", config.use_chords),
+        ("PROGRAM", config.use_programs),
+        ("VELOCITY", config.use_velocities),
+        ("PEDAL", config.use_sustain_pedals),
+        ("PEDAL_OFF", config.use_sustain_pedals),
+        ("PITCH_BEND", config.use_pitch_bends),
+    ]
+
+
+def absent_terminals(config: Any, options: Sequence[tuple[str, bool]]) -> set[str]:
+    """The terminals a config turns off: special tokens it lacks and ``options`` not present."""
+    specials = {tok.split("_")[0] for tok in config.special_tokens}
+    pairs = [("BOS", "BOS" in specials), ("EOS", "EOS" in specials), ("PAD", "PAD" in specials), *options]
+    return {terminal for terminal, present in pairs if not present}
 
 
 def grammar_file_text(name: str = "remi") -> str:

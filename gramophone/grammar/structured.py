@@ -52,7 +52,11 @@ import numpy as np
 from gramophone.errors import UnsupportedConfigError
 from gramophone.grammar.automaton import Component
 from gramophone.grammar.fsa import REJECT
-from gramophone.grammar.schemes import grammar_file_text
+from gramophone.grammar.schemes import (
+    absent_terminals,
+    grammar_file_text,
+    refuse_common_options,
+)
 
 if TYPE_CHECKING:
     from miditok import MusicTokenizer
@@ -111,39 +115,18 @@ def derive(tokenizer: MusicTokenizer) -> StructuredGrammar:
                 f"tokenizer option {option}={getattr(cfg, option)!r} is not supported "
                 "(miditok's Structured turns it off; the config was edited after construction)"
             )
-    active_ac = sorted(k for k, v in vars(cfg).items() if k.startswith("ac_") and v is True)
-    if active_ac:
-        raise UnsupportedConfigError(f"attribute controls are not supported ({', '.join(active_ac)})")
-    if cfg.use_programs and not cfg.one_token_stream_for_programs:
-        raise UnsupportedConfigError(
-            "use_programs with one_token_stream_for_programs=False is not supported "
-            "(programs in one stream only)"
-        )
-    # Without programs a stream may be a track of any program (miditok keeps them all), and
-    # its notes carry Duration tokens iff that program is in use_note_duration_programs.
-    programs = set(cfg.programs) if cfg.use_programs else set(range(-1, 128))
-    missing = programs - set(cfg.use_note_duration_programs)
-    if missing:
-        raise UnsupportedConfigError(
-            "use_note_duration_programs must cover every program (Duration tokens for all notes); "
-            f"missing {sorted(missing)[:5]}"
-        )
+    refuse_common_options(cfg, flags={})
 
-    specials = {tok.split("_")[0] for tok in cfg.special_tokens}
     drums = cfg.use_programs and -1 in cfg.programs
-    absent = {
-        terminal
-        for terminal, present in (
-            ("BOS", "BOS" in specials),
-            ("EOS", "EOS" in specials),
-            ("PAD", "PAD" in specials),
+    absent = absent_terminals(
+        cfg,
+        [
             ("PROGRAM", cfg.use_programs and any(p >= 0 for p in cfg.programs)),
             ("DRUM_PROGRAM", drums),
             ("VELOCITY", cfg.use_velocities),
             ("PITCH_DRUM", cfg.use_pitchdrum_tokens),
-        )
-        if not present
-    }
+        ],
+    )
     overrides = []
     if cfg.use_programs:
         overrides.append("%override piece: (note | drum_note)+")

@@ -78,7 +78,12 @@ from gramophone.errors import UnsupportedConfigError
 from gramophone.grammar.automaton import Component
 from gramophone.grammar.constraints import beats_to_positions
 from gramophone.grammar.fsa import REJECT
-from gramophone.grammar.schemes import grammar_file_text
+from gramophone.grammar.schemes import (
+    absent_terminals,
+    event_options,
+    grammar_file_text,
+    refuse_common_options,
+)
 
 if TYPE_CHECKING:
     from miditok import MusicTokenizer
@@ -93,14 +98,6 @@ __all__ = [
 ]
 
 #: Options (and the value that is supported) checked by :func:`derive`.
-_UNSUPPORTED_FLAGS = {
-    "use_key_signatures": False,
-    "use_control_changes": False,
-    "use_pitch_intervals": False,
-    "program_changes": False,
-    "sustain_pedal_duration": False,
-}
-
 _SPECIAL_KINDS = frozenset({"BOS", "EOS", "PAD", "MASK"})
 #: Events after which miditok's previous note end is at least the current time.
 _EVENT_KINDS = frozenset(
@@ -457,50 +454,13 @@ def derive(tokenizer: MusicTokenizer) -> TsdGrammar:
             f"tokenizer {type(tokenizer).__name__} is not supported: this grammar is for TSD"
         )
     cfg = tokenizer.config
-    for option, supported in _UNSUPPORTED_FLAGS.items():
-        if bool(getattr(cfg, option)) != supported:
-            raise UnsupportedConfigError(
-                f"tokenizer option {option}={getattr(cfg, option)!r} is not supported"
-            )
-    if cfg.use_programs and not cfg.one_token_stream_for_programs:
-        raise UnsupportedConfigError(
-            "use_programs with one_token_stream_for_programs=False is not supported "
-            "(programs in one stream only)"
-        )
-    active_ac = sorted(k for k, v in vars(cfg).items() if k.startswith("ac_") and v is True)
-    if active_ac:
-        raise UnsupportedConfigError(f"attribute controls are not supported ({', '.join(active_ac)})")
-    programs = set(cfg.programs) if cfg.use_programs else {0}
-    missing = programs - set(cfg.use_note_duration_programs)
-    if missing:
-        raise UnsupportedConfigError(
-            "use_note_duration_programs must cover every program (Duration tokens for all notes); "
-            f"missing {sorted(missing)[:5]}"
-        )
+    refuse_common_options(cfg)
     ppb = int(cfg.max_num_pos_per_beat)
     _check_time_values("beat_res", tokenizer.durations, ppb)
     if cfg.use_rests:
         _check_time_values("beat_res_rest", tokenizer.rests, ppb)
 
-    specials = {tok.split("_")[0] for tok in cfg.special_tokens}
-    absent = {
-        terminal
-        for terminal, present in (
-            ("BOS", "BOS" in specials),
-            ("EOS", "EOS" in specials),
-            ("PAD", "PAD" in specials),
-            ("TIME_SIG", cfg.use_time_signatures),
-            ("REST", cfg.use_rests),
-            ("TEMPO", cfg.use_tempos),
-            ("CHORD", cfg.use_chords),
-            ("PROGRAM", cfg.use_programs),
-            ("VELOCITY", cfg.use_velocities),
-            ("PEDAL", cfg.use_sustain_pedals),
-            ("PEDAL_OFF", cfg.use_sustain_pedals),
-            ("PITCH_BEND", cfg.use_pitch_bends),
-        )
-        if not present
-    }
+    absent = absent_terminals(cfg, event_options(cfg))
     overrides = []
     if not cfg.use_velocities:
         overrides.append("%override velocity:")
