@@ -34,12 +34,15 @@ the cartesian array at the cell of each reachable product state. The mask of a s
 note order (74); cartesian 808k cells, 0.8 MiB of ``uint8``; rows ``(55 + 196 + 75) x V x 5``
 bytes: 0.4 MiB at V = 229, 47 MiB at V = 30,000 (against 6.5 GB for a dense lifted product).
 
-**Where the cartesian is too large** (rests + programs: 30 billion cells), the largest
-groups whose states are all accepting (time and order constraints: *safety* components) are
-left out of the distance: they still mask every step, but the distance is that of the other
-groups, a lower bound. ``exact`` is then False: the budget is still respected, but a piece
-may, rarely, be cut before its end in the last ``max_distance`` steps (the output check
-reports it). This is stated in the README; it is not proven safe.
+**Neutral constraints.** A component may declare itself *neutral*: it never lengthens the
+shortest valid ending (note order at one onset; MIDILike's per-key NoteOn/NoteOff pairing,
+whose liveness one small open-notes counter carries). When the cartesian would exceed
+:data:`NEUTRAL_CELLS` (4M cells), neutral groups are left out of the distance: they still
+mask every step, and the distance stays exact (the decoding property tests hold the claims:
+tight budgets always end valid). Only if the table is still over :data:`MAX_CELLS` are other
+safety groups (every state accepting) left out, largest first; ``exact`` is then False: the
+budget is still respected, but a piece may, rarely, be cut before its end in the last
+``max_distance`` steps (the output check reports it). No supported config needs that.
 
 **Trained vocabularies.** A learned token is allowed iff its base sequence is valid from
 the state and leaves a piece completable within the budget. Distances count base tokens;
@@ -93,6 +96,7 @@ BOS, EOS, PAD = "BOS_None", "EOS_None", "PAD_None"
 NOTE_KINDS = ("Pitch", "PitchDrum", "NoteOn", "DrumOn")
 _CACHE_FORMAT = 2
 MAX_CELLS = 1 << 28  # largest cartesian distance table (bytes at uint8)
+NEUTRAL_CELLS = 1 << 22  # above this, neutral groups are left out of the distance
 MAX_GROUP_ROWS = 4096  # largest merged group
 
 
@@ -481,16 +485,16 @@ def decoding_tables(
     def rows_of(g: int) -> int:
         return int(np.prod([comps[i].num_states for i in groups[g]]))
 
-    if cells(groups) > max_cells:
-        # leave out neutral groups first (exactness kept), smallest sufficient one first;
-        # then other safety groups (every state accepting), largest first
-        neutrals = sorted((g for g in in_dist if neutral(g)), key=rows_of)
-        enough = [g for g in neutrals if cells([groups[h] for h in in_dist if h != g]) <= max_cells]
+    if cells(groups) > min(max_cells, NEUTRAL_CELLS):
+        # leave out every neutral group (exactness kept, and a smaller product to search);
+        # then, only if still too large, other safety groups (every state accepting),
+        # largest first, and the distance is no longer exact
+        in_dist = [g for g in in_dist if not neutral(g)]
         others = sorted(
-            (g for g in in_dist if not neutral(g) and all(comps[i].accepting.all() for i in groups[g])),
+            (g for g in in_dist if all(comps[i].accepting.all() for i in groups[g])),
             key=lambda g: -rows_of(g),
         )
-        for g in enough[:1] or [*neutrals[::-1], *others]:
+        for g in others:
             if cells([groups[h] for h in in_dist]) <= max_cells:
                 break
             in_dist.remove(g)
