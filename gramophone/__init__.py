@@ -1,8 +1,11 @@
 """gramophone: grammar-constrained generation of symbolic music.
 
-A formal grammar of the REMI token language compiles to a finite-state automaton over the
-tokenizer's vocabulary; the same automaton checks token files, masks sampling and shapes
-the training loss. Importing the package imports neither PyTorch nor JAX.
+A formal grammar of a miditok token language (REMI, TSD, MIDILike, Structured; trained
+vocabularies too) compiles to a finite-state automaton over the tokenizer's vocabulary; the
+same automaton checks token files, masks sampling and shapes the training loss. The
+per-step kernels (:mod:`gramophone.kernels`) and :func:`gramophone.decoding.tables_for` are
+the API for a sampling loop of one's own. Importing the package imports neither PyTorch
+nor JAX.
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ from gramophone.errors import (
 )
 
 if TYPE_CHECKING:
-    from gramophone.grammar import Automaton, Component, check_ids, compile_grammar, compile_remi
+    from gramophone.grammar import (
+        Automaton,
+        Component,
+        check_ids,
+        compile_grammar,
+        compile_remi,
+        compile_tokenizer,
+    )
     from gramophone.tokenizers import load_tokenizer, read_token_file
 
 __all__ = [
@@ -36,6 +46,7 @@ __all__ = [
     "check_ids",
     "compile_grammar",
     "compile_remi",
+    "compile_tokenizer",
     "load_tokenizer",
     "read_token_file",
 ]
@@ -46,6 +57,7 @@ _LAZY = {
     "check_ids": "gramophone.grammar",
     "compile_grammar": "gramophone.grammar",
     "compile_remi": "gramophone.grammar",
+    "compile_tokenizer": "gramophone.grammar",
     "load_tokenizer": "gramophone.tokenizers",
     "read_token_file": "gramophone.tokenizers",
 }

@@ -23,6 +23,7 @@ def test_public_names_are_pinned() -> None:
             "check_ids",
             "compile_grammar",
             "compile_remi",
+            "compile_tokenizer",
             "load_tokenizer",
             "read_token_file",
         ]
@@ -42,7 +43,8 @@ def test_error_hierarchy() -> None:
 def test_import_loads_neither_torch_nor_jax() -> None:
     code = (
         "import sys, gramophone, gramophone.grammar, gramophone.tokenizers, gramophone.cli, "
-        "gramophone.training, gramophone.models, gramophone.data, gramophone.bench.train; "
+        "gramophone.training, gramophone.models, gramophone.data, gramophone.bench.train, "
+        "gramophone.decoding, gramophone.kernels, gramophone.kernels.numpy, gramophone.bench.vocab; "
         "print(any(m in sys.modules for m in ('torch', 'jax', 'flax')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
