@@ -880,19 +880,24 @@ def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
         "more column, their stop token). Real chorale streams, the same states for every "
         "system. Median (and fastest) pass of the repeats after a warm-up pass, in "
         "microseconds; torch, xgrammar and llguidance on one thread (numpy and XLA as they "
-        "are). `grammar`: the level the system enforces (`full` = gramophone's language).",
+        "are). `grammar`: the level the system enforces (`full` = gramophone's language). "
+        "`path` (gramophone's kernels): `cheap` = the AND of the groups' rows (most steps), "
+        "`exact` = the distance table read at every step (the last steps of a budget), "
+        "`floor` = the same gather, where and argmax on a bool[16, V] table that stays in "
+        "cache: what no row-table mask can beat.",
         "",
     ]
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in records:
         if r.get("benchmark") != "mask_step":
             continue
-        key = (r["system"], r.get("grammar", "—"), r.get("loop", "—"))
-        row = rows.setdefault(key, {"system": key[0], "grammar": key[1], "loop": key[2]})
+        key = (r["system"], r.get("grammar", "—"), r.get("path", "—"), r.get("loop", "—"))
+        row = rows.setdefault(key, {"system": key[0], "grammar": key[1], "path": key[2], "loop": key[3]})
         row[f"batch {r['batch']}"] = _cell(r)
         if r["value"] and r.get("status", "ok") == "ok":
             row[f"batch {r['batch']} per stream"] = round(r["value"] / r["batch"], 2)
-    cols = ["system", "grammar", "loop", *(f"batch {b}" for b in BATCHES), f"batch {BATCHES[-1]} per stream"]
+    cols = ["system", "grammar", "path", "loop", *(f"batch {b}" for b in BATCHES)]
+    cols.append(f"batch {BATCHES[-1]} per stream")
     lines += ["## Mask step (us per step, whole batch)", "", *markdown_table(rows.values(), cols), ""]
 
     lines += [
