@@ -887,7 +887,7 @@ def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
         "cache: what no row-table mask can beat.",
         "",
     ]
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for r in records:
         if r.get("benchmark") != "mask_step":
             continue
