@@ -1,18 +1,19 @@
 """Oracles independent of the automaton: lark on the derived grammar, plain-Python
 references of every constraint, and miditok's own ``tokens_errors``.
 
-The plain-Python reference re-implements miditok's decoder's notion of time (bars, time
-signatures, positions, rests starting at the end of the latest note) directly on token
-names, without any table.
+The plain-Python reference re-implements miditok's REMI decoder's notion of time (bars,
+time signatures, positions, rests starting at the end of the latest note, all in miditok's
+ticks) directly on token names, without any automaton table.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
-from fractions import Fraction
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from lark import Lark
 from lark.exceptions import LarkError
@@ -34,64 +35,123 @@ def lark_accepts(grammar: RemiGrammar, tokens: Sequence[str]) -> bool:
     return True
 
 
-def _positions(value: str, ppb: int) -> Fraction:
-    a, b, c = (int(x) for x in value.split("."))
-    return Fraction(a * ppb) + Fraction(b * ppb, c)
+@dataclass(frozen=True)
+class MiditokClock:
+    """miditok's REMI decoder's units: ticks per quarter (``time_division``), ticks per beat
+    of each time signature denominator (``_tpb_per_ts``), and the ticks of a Rest or
+    Duration value at a number of ticks per beat (``_tpb_rests_to_ticks`` ...)."""
+
+    ticks_per_quarter: int
+    ticks_per_beat: dict[int, int]
+    rest_ticks: Callable[[str, int], int]
+    duration_ticks: Callable[[str, int], int]
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> MiditokClock:
+        """The tokenizer's own tables."""
+        return cls(
+            int(tokenizer.time_division),
+            {int(d): int(t) for d, t in tokenizer._tpb_per_ts.items()},
+            lambda value, tpb: int(tokenizer._tpb_rests_to_ticks[tpb][value]),
+            lambda value, tpb: int(tokenizer._tpb_tokens_to_ticks[tpb][value]),
+        )
+
+    @classmethod
+    def rebuilt(cls, grammar: RemiGrammar) -> MiditokClock:
+        """Without the tokenizer: miditok's formulas (``__create_tpb_per_ts``: positions per
+        beat times the largest denominator over the denominator; ``_time_token_to_ticks``)
+        over the config's time signatures."""
+        from miditok import MusicTokenizer
+
+        model = grammar.time
+        sigs = model.time_signatures or (model.default_time_signature,)
+        largest = max(d for _, d in sigs)
+        ppb = model.positions_per_beat
+        tpb = {d: ppb * (largest // d) for d in {*(d for _, d in sigs), model.default_time_signature[1]}}
+        ticks = MusicTokenizer._time_token_to_ticks
+        return cls(tpb[model.default_time_signature[1]], tpb, ticks, ticks)
 
 
-def time_ok(grammar: RemiGrammar, tokens: Sequence[str]) -> bool:
-    """Positions strictly increase in a bar and stay below its length; a Position after
-    rests is not before the rests' end; rests start at the latest note end; a time
-    signature only at a bar start; with time signatures a stream does not open on a rest."""
+def time_ok(grammar: RemiGrammar, tokens: Sequence[str], tokenizer: Any = None) -> bool:
+    """The time of miditok's REMI decoder (``REMI._tokens_to_score``), in its ticks
+    (``tokenizer``'s tables, else rebuilt from the config), plus what gramophone asks of it:
+    positions strictly increase in a bar and stay below its length; a Position after rests
+    is not before the rests' end; a time signature only at a bar start; with time signatures
+    a stream does not open on a rest.
+
+    Rests advance from the later of the current time and the latest note end, by ticks of
+    the meter in force, and move the bar by the whole bars they pass (no Bar token): a note
+    held over a change of meter ends where it ends (its ticks do not change with the meter)."""
+    from miditok.utils import compute_ticks_per_bar
+    from symusic import TimeSignature
+
     model = grammar.time
+    clock = MiditokClock.of(tokenizer) if tokenizer is not None else MiditokClock.rebuilt(grammar)
     ppb = model.positions_per_beat
-    ts = model.default_time_signature
-    bar_len = ts[0] * ppb
+    sig = model.default_time_signature
+    ticks_per_bar = compute_ticks_per_bar(TimeSignature(0, *sig), clock.ticks_per_quarter)
+    ticks_per_beat = clock.ticks_per_beat[sig[1]]
+    ticks_per_pos = ticks_per_beat // ppb
+    # miditok's decoder's variables
+    current_tick = tick_at_last_ts_change = tick_at_current_bar = 0
+    current_bar = -1
+    bar_at_last_ts_change = 0
+    previous_note_end = 0
+    # gramophone's
     started = False
-    at_bar_start = False  # no Position yet in this bar
-    now = Fraction(0)  # current time within the bar
-    min_next = Fraction(0)  # the next Position must be >= this
-    note_end = Fraction(0)  # latest note end, in the current bar's coordinates
-    last_onset = Fraction(0)
+    positioned = False  # a Position since the start of this bar
+    min_next = 0  # the tick the next Position must reach
     for tok in tokens:
         kind, _, value = tok.partition("_")
         if kind in ("BOS", "EOS", "PAD"):
             continue
         if kind == "Bar":
-            if started:
-                note_end -= bar_len
-                now = Fraction(0)
-            started = True
-            at_bar_start = True
-            min_next = Fraction(0)
+            current_bar += 1
+            if current_bar > 0:
+                current_tick = tick_at_current_bar + ticks_per_bar
+            tick_at_current_bar = current_tick
+            started, positioned, min_next = True, False, current_tick
         elif kind == "TimeSig":
-            if not at_bar_start:
+            if positioned or current_tick != tick_at_current_bar:
                 return False
-            n, _d = (int(x) for x in value.split("/"))
-            bar_len = n * ppb
+            n, d = (int(x) for x in value.split("/"))
+            if (n, d) != sig:
+                sig = (n, d)
+                tick_at_last_ts_change = tick_at_current_bar
+                bar_at_last_ts_change = current_bar
+                ticks_per_bar = compute_ticks_per_bar(TimeSignature(0, n, d), clock.ticks_per_quarter)
+                ticks_per_beat = clock.ticks_per_beat[d]
+                ticks_per_pos = ticks_per_beat // ppb
         elif kind == "Rest":
             if not started and model.use_time_signatures:
                 return False
             started = True
-            t = max(now, note_end) + _positions(value, ppb)
-            crossed = False
-            while t >= bar_len:
-                t -= bar_len
-                note_end -= bar_len
-                crossed = True
-            now = t
-            min_next = t
-            at_bar_start = t == 0 and (crossed or at_bar_start)
+            current_tick = max(previous_note_end, current_tick) + clock.rest_ticks(value, ticks_per_beat)
+            passed = (current_tick - tick_at_last_ts_change) // ticks_per_bar
+            real_current_bar = bar_at_last_ts_change + passed
+            if real_current_bar > current_bar:
+                if current_bar == -1:
+                    current_bar = 0
+                tick_at_current_bar += (real_current_bar - current_bar) * ticks_per_bar
+                current_bar = real_current_bar
+                positioned = False
+            min_next = current_tick
         elif kind == "Position":
-            q = int(value)
-            if not started or q < min_next or q >= bar_len:
+            if not started:
                 return False
-            now = Fraction(q)
-            last_onset = now
-            min_next = now + 1
-            at_bar_start = False
+            if current_bar == -1:
+                current_bar = 0
+            q = int(value)
+            tick = tick_at_current_bar + q * ticks_per_pos
+            if q * ticks_per_pos >= ticks_per_bar or tick < min_next:
+                return False
+            current_tick = tick
+            positioned, min_next = True, tick + 1
         elif kind == "Duration" and model.use_rests:
-            note_end = max(note_end, last_onset + _positions(value, ppb))
+            end = current_tick + clock.duration_ticks(value, ticks_per_beat)
+            previous_note_end = max(previous_note_end, end)
+        elif kind == "Tempo":
+            previous_note_end = max(previous_note_end, current_tick)
     return True
 
 
@@ -123,9 +183,10 @@ def order_ok(grammar: RemiGrammar, tokens: Sequence[str]) -> bool:
     return True
 
 
-def reference_accepts(grammar: RemiGrammar, tokens: Sequence[str]) -> bool:
-    """Lark accepts the syntax and every plain-Python constraint passes."""
-    return lark_accepts(grammar, tokens) and time_ok(grammar, tokens) and order_ok(grammar, tokens)
+def reference_accepts(grammar: RemiGrammar, tokens: Sequence[str], tokenizer: Any = None) -> bool:
+    """Lark accepts the syntax and every plain-Python constraint passes (time in
+    ``tokenizer``'s ticks when given, else in miditok's, rebuilt from the config)."""
+    return lark_accepts(grammar, tokens) and time_ok(grammar, tokens, tokenizer) and order_ok(grammar, tokens)
 
 
 def miditok_errors(tokenizer: object, ids: Sequence[int]) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -129,7 +131,7 @@ def test_automaton_accepts_iff_lark_and_references_accept(name: str, data: st.Da
     ids = data.draw(walk_or_mutation(name))
     auto = automaton_for(name)
     tokens = [auto.vocab[i] for i in ids]
-    assert auto.accepts(ids) == reference_accepts(grammar_for(name), tokens), tokens
+    assert auto.accepts(ids) == reference_accepts(grammar_for(name), tokens, tokenizer_for(name)), tokens
 
 
 def test_reference_oracles_reject_what_they_should() -> None:
@@ -258,3 +260,129 @@ def test_special_tokens() -> None:
     assert not auto.accepts([bos, *body[:-1], eos])  # EOS only when accepting
     assert not auto.accepts([bos, *body, pad])  # PAD only after EOS
     assert not auto.accepts([bos, *body, eos, *body])
+
+
+# -- rests across changes of meter: miditok's ticks (regressions) ----------------------------
+def _encode(
+    name: str, tpq: int, meters: list[tuple[int, int, int]], notes: list[tuple[int, int, int]]
+) -> list[int]:
+    from symusic import Note, Score, TimeSignature, Track
+
+    from gramophone.tokenizers import encode_score
+
+    score: Any = Score(tpq)
+    for meter in meters:
+        score.time_signatures.append(TimeSignature(*meter))
+    track: Any = Track(program=0)
+    for time, duration, pitch in notes:
+        track.notes.append(Note(time, duration, pitch, 90))
+    score.tracks.append(track)
+    [ids] = encode_score(tokenizer_for(name), score)
+    return ids
+
+
+def test_a_note_held_from_6_8_into_4_4_then_a_rest() -> None:
+    """The reported false rejection (a string quartet): a note crosses from a 6/8 bar into
+    a 4/4 bar, then `Bar TimeSig_4/4 Rest_1.2.4 Position_20`. The note ends a quarter into
+    the 4/4 bar (8 of its positions; 16 positions of 6/8, which the old model kept), the
+    rest of 1.5 beats ends at position 20."""
+    name = "combo-rests-programs"
+    ids = _encode(name, 480, [(0, 6, 8), (1440, 4, 4)], [(0, 480, 60), (960, 960, 62), (2640, 240, 64)])
+    auto = automaton_for(name)
+    tokens = [auto.vocab[i] for i in ids]
+    i = tokens.index("TimeSig_4/4")
+    assert tokens[i - 1 : i + 3] == ["Bar_None", "TimeSig_4/4", "Rest_1.2.4", "Position_20"], tokens
+    assert miditok_errors(tokenizer_for(name), ids) == 0
+    assert auto.accepts(ids) and reference_accepts(grammar_for(name), tokens, tokenizer_for(name))
+    early = [*tokens[: i + 2], "Position_19", *tokens[i + 3 :]]
+    assert not auto.accepts([auto.token_index[t] for t in early])
+    assert not reference_accepts(grammar_for(name), early, tokenizer_for(name))
+
+
+@pytest.mark.parametrize(
+    ("meters", "notes", "expected"),
+    [
+        # 6/8 -> 4/4 (16 ticks a quarter: a 6/8 position is 1 tick, a 4/4 position 2): the
+        # note ends 3 ticks into the 4/4 bar, between two positions; the rest from there
+        # (12 ticks) ends at tick 15 and the note after it is on position 8 (tick 16).
+        ([(0, 6, 8), (48, 4, 4)], [(45, 6, 60), (64, 8, 62)], ["Rest_0.6.8", "Position_8"]),
+        # ... the rests end one tick before the next bar line: a Bar token follows them.
+        (
+            [(0, 6, 8), (48, 4, 4)],
+            [(45, 6, 60), (112, 8, 62)],
+            ["Rest_3.1.2", "Rest_0.2.8", "Bar_None", "TimeSig_4/4", "Position_0"],
+        ),
+        # 4/4 -> 6/8: a note of 2 quarters from position 28 of a 4/4 bar ends 3 eighths (24
+        # positions) into the 6/8 bar (12 positions, in the old model's 4/4 positions); a
+        # rest of 2 beats (eighths) ends at position 40.
+        ([(0, 4, 4), (64, 6, 8)], [(56, 32, 60), (104, 8, 62)], ["Rest_2.0.2", "Position_40"]),
+    ],
+)
+def test_note_ends_across_meters_are_kept_in_ticks(
+    meters: list[tuple[int, int, int]], notes: list[tuple[int, int, int]], expected: list[str]
+) -> None:
+    """What miditok writes is accepted (automaton and reference), and the Position after
+    the rests cannot move one position earlier."""
+    ids = _encode("rests", 16, meters, notes)
+    auto = automaton_for("rests")
+    tokens = [auto.vocab[i] for i in ids]
+    text = " ".join(tokens)
+    assert " ".join(expected) in text, tokens
+    assert miditok_errors(tokenizer_for("rests"), ids) == 0
+    assert auto.accepts(ids) and reference_accepts(grammar_for("rests"), tokens, tokenizer_for("rests"))
+    k = max(i for i, t in enumerate(tokens) if t.startswith("Position_"))
+    q = int(tokens[k].split("_")[1])
+    if q > 0 and tokens[k - 1].startswith("Rest_"):
+        early = [*tokens[:k], f"Position_{q - 1}", *tokens[k + 1 :]]
+        assert not auto.accepts([auto.token_index[t] for t in early])
+        assert not reference_accepts(grammar_for("rests"), early, tokenizer_for("rests"))
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_the_reference_clock_rebuilt_from_the_config_is_miditok_s(name: str) -> None:
+    """reference.time_ok without a tokenizer (as the decoding tests call it) counts in the
+    same ticks as with one (miditok's own tables)."""
+    from tests.reference import MiditokClock
+
+    tok = tokenizer_for(name)
+    own, rebuilt = MiditokClock.of(tok), MiditokClock.rebuilt(grammar_for(name))
+    assert own.ticks_per_quarter == rebuilt.ticks_per_quarter
+    for den, tpb in rebuilt.ticks_per_beat.items():
+        assert own.ticks_per_beat[den] == tpb
+        for value in {t.split("_")[1] for t in tok.vocab if t.startswith("Rest_")}:
+            assert own.rest_ticks(value, tpb) == rebuilt.rest_ticks(value, tpb)
+        for value in {t.split("_")[1] for t in tok.vocab if t.startswith("Duration_")}:
+            assert own.duration_ticks(value, tpb) == rebuilt.duration_ticks(value, tpb)
+
+
+@pytest.mark.parametrize(
+    ("notes_at_0", "expected"),
+    [
+        # Two programs' pitch bends at one onset, no note there.
+        (False, ["Position_0", "Program_0", "PitchBend", "Program_40", "PitchBend", "Position_8"]),
+        # A later program's pitch bend after an earlier program's notes, no note of its own.
+        (True, ["Duration_1.0.8", "Program_40", "PitchBend", "Position_8"]),
+    ],
+)
+def test_a_program_s_pitch_bend_alone_at_an_onset(notes_at_0: bool, expected: list[str]) -> None:
+    """Regression (found by test_random_scores): a program's run at an onset may be its
+    pitch bend alone, as miditok writes it (and its tokens_errors accepts)."""
+    from symusic import Note, PitchBend, Score, TimeSignature, Track
+
+    from gramophone.tokenizers import encode_score
+
+    name = "combo-controls"
+    score: Any = Score(480)
+    score.time_signatures.append(TimeSignature(0, 4, 4))
+    for program in (0, 40):
+        track: Any = Track(program=program)
+        track.pitch_bends.append(PitchBend(0, 0 if program == 0 else 512))
+        track.notes.append(Note(0 if notes_at_0 and program == 0 else 480, 480, 60 + program // 8, 90))
+        score.tracks.append(track)
+    [ids] = encode_score(tokenizer_for(name), score)
+    auto = automaton_for(name)
+    tokens = [auto.vocab[i] for i in ids]
+    shape = ["PitchBend" if t.startswith("PitchBend_") else t for t in tokens]  # values: miditok's bins
+    assert " ".join(expected) in " ".join(shape), tokens
+    assert miditok_errors(tokenizer_for(name), ids) == 0
+    assert auto.accepts(ids) and reference_accepts(grammar_for(name), tokens, tokenizer_for(name))

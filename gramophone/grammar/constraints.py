@@ -7,15 +7,17 @@ every other token, so it stays small and independent of the syntax.
 
 - :func:`time_component`: positions strictly increase inside a bar and stay below the
   bar's length for its time signature; rests advance time from the end of the last note
-  (as miditok's decoder does) and may cross bar lines without a Bar token; a time
-  signature only at the start of a bar.
+  (as miditok's decoder does, in its ticks: a note end survives a change of meter) and may
+  cross bar lines without a Bar token; a time signature only at the start of a bar.
 - :func:`note_order_component`: a canonical order of notes at one onset (programs
   ascending, pitches strictly ascending within a program), which makes duplicated notes
   impossible, and a chord only before the first note of its program.
 - :func:`bars_component`: exactly N bars (the pattern for user constraints).
 
 Time is counted in positions (``1 / positions_per_beat`` of a beat, the beat being the
-time signature's denominator, as in miditok).
+time signature's denominator, as in miditok); where meters of different denominators meet,
+in ticks (miditok's ``time_division``: a position of the meter with the largest
+denominator), so that a 6/8 position is one tick and a 4/4 position two.
 """
 
 from __future__ import annotations
@@ -64,22 +66,48 @@ class TimeModel:
         return ts[0] * self.positions_per_beat
 
 
-def time_component(vocab: Sequence[str], model: TimeModel) -> Component:
-    """Positions, bars, time signatures and rests.
+def _reachable(T: np.ndarray, start: int) -> np.ndarray:
+    """``bool[S]``: states reachable from ``start`` (a mask per level, no sort: the time
+    table with rests is large)."""
+    seen = np.zeros(T.shape[0], dtype=bool)
+    seen[start] = True
+    frontier = np.array([start])
+    while frontier.size:
+        hit = np.zeros_like(seen)
+        nxt = T[frontier].ravel()
+        hit[nxt[nxt != REJECT]] = True
+        hit &= ~seen
+        seen |= hit
+        frontier = np.nonzero(hit)[0]
+    return seen
 
-    State ``(ts, p, e)``: ``ts`` the time signature of the current bar, ``p`` the last
-    position in this bar (-1: none yet; the next Position must be greater), and, when rests
-    are used, ``e`` such that ``p + e`` is where a rest would start (the end of the
-    latest-ending note, or the current time). After a rest that ends at time ``t`` the
-    state is ``(ts, t - 1, 1)``: a Position may then equal ``t``. Plus one initial state.
+
+def time_component(vocab: Sequence[str], model: TimeModel) -> Component:
+    """Positions, bars, time signatures and rests, in the time of miditok's REMI decoder.
+
+    State ``(ts, p, e)``: ``ts`` the time signature of the current bar; ``p`` the last
+    position in this bar (-1: none yet), the next Position must be greater; and, with
+    rests, ``e``, where a rest would start (the later of the current time and the latest
+    note end) counted from the *anchor* ``max(p, 0)`` (position 0 when ``p`` is -1), in
+    **ticks**: positions of the finest meter of the config (with x/8 meters a 4/4 position
+    is two ticks), miditok's own resolution. A note end then survives changes of meter
+    exactly (a note held from a 6/8 bar into a 4/4 bar ends where it ends), and so does a
+    rest that starts at a note end between two positions of the meter in force. After
+    rests that end at tick ``t`` of the bar, ``p`` is the last position before ``t`` (a
+    Position may then be ``t`` or later) and ``e`` the ticks from it to ``t``. Plus one
+    initial state. Without rests ``e`` is always 0 and the table is the positions' alone.
+    States that cannot be reached are dropped.
     """
     sigs = list(model.time_signatures) if model.use_time_signatures else [model.default_time_signature]
-    L = np.array([model.bar_length(ts) for ts in sigs], dtype=np.int64)
     P = model.positions_per_beat
+    L = np.array([model.bar_length(ts) for ts in sigs], dtype=np.int64)  # in positions
+    den = np.array([d for _, d in sigs], dtype=np.int64)
+    k = den.max() // den  # ticks per position of each meter (miditok: max denominator / denominator)
     V = len(vocab)
     kinds = [_split(tok) for tok in vocab]
-    durations = [beats_to_positions(v, P) for k, v in kinds if k == "Duration"] if model.use_rests else []
-    E = (max(durations) + 1) if durations else (1 if model.use_rests else 0)
+    durations = [beats_to_positions(v, P) for kd, v in kinds if kd == "Duration"] if model.use_rests else []
+    # The longest note, started in the coarsest meter; a rest leaves at most one position.
+    E = max([*durations, 1]) * int(k.max()) if model.use_rests else 0
     n_e = E + 1
     sizes = (L + 1) * n_e
     offsets = 1 + np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -91,65 +119,96 @@ def time_component(vocab: Sequence[str], model: TimeModel) -> Component:
     p_of = local // n_e - 1
     e_of = local % n_e
     L_of = L[ts_of]
+    k_of = k[ts_of]
+    anchor = np.maximum(p_of, 0) * k_of  # ticks into the bar
+    rows = np.arange(1, S)
 
     def sid(ts: np.ndarray, p: np.ndarray, e: np.ndarray) -> np.ndarray:
+        if (e > E).any() or (e < 0).any():
+            raise AssertionError("time: a note end outside the tracked range")  # see E above
         return offsets[ts] + (p + 1) * n_e + e
 
-    T = np.full((S, V), REJECT, dtype=np.int64)
-    rows = np.arange(1, S)
-    bar_start_e = 1 if model.use_rests else 0
+    def after_rest(ts: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """The state at tick ``t`` of a bar of ``ts`` reached by rests."""
+        kk = k[ts]
+        p = -(-t // kk) - 1  # the last position before t
+        return sid(ts, p, t - np.maximum(p, 0) * kk)
+
     ts_index = {f"{n}/{d}": i for i, (n, d) in enumerate(sigs)}
     default_ts = ts_index.get("{}/{}".format(*model.default_time_signature), 0)
-    for v, (kind, value) in enumerate(kinds):
+
+    def column(kind: str, value: str) -> np.ndarray:
         col = np.full(S, REJECT, dtype=np.int64)
         if kind == "Bar":
-            e_next = (
-                np.maximum(0, p_of + e_of - L_of) + bar_start_e if model.use_rests else np.zeros_like(e_of)
-            )
-            e_next = np.minimum(e_next, E)
+            # miditok's decoder: the next bar starts a bar length after this one.
+            e_next = np.maximum(0, anchor + e_of - L_of * k_of) if model.use_rests else e_of
             col[rows] = sid(ts_of, np.full_like(p_of, -1), e_next)
-            col[0] = sid(np.array([default_ts]), np.array([-1]), np.array([bar_start_e]))[0]
+            col[0] = sid(np.array([default_ts]), np.array([-1]), np.array([0]))[0]
         elif kind == "TimeSig":
             if value not in ts_index:
-                T[:, v] = REJECT
-                continue
+                return col
             j = ts_index[value]
             ok = p_of == -1
             col[rows[ok]] = sid(np.full(int(ok.sum()), j), p_of[ok], e_of[ok])
         elif kind == "Position":
             q = int(value)
             ok = (p_of < q) & (q < L_of)
-            e_next = np.maximum(0, p_of + e_of - q) if model.use_rests else e_of
+            e_next = np.maximum(0, anchor + e_of - q * k_of) if model.use_rests else e_of
             col[rows[ok]] = sid(ts_of[ok], np.full(int(ok.sum()), q), e_next[ok])
         elif kind == "Rest":
             if not model.use_rests:
-                continue
+                return col
             r = beats_to_positions(value, P)
-            t = p_of + e_of + r
-            t_in_bar = t % L_of
-            col[rows] = sid(ts_of, t_in_bar - 1, np.ones_like(t_in_bar))
+            # miditok's decoder: from max(previous note end, current time), r positions of
+            # the meter in force; whole bars passed count without Bar tokens.
+            t = (anchor + e_of + r * k_of) % (L_of * k_of)
+            col[rows] = after_rest(ts_of, t)
             if not model.use_time_signatures:  # miditok only starts with rests then
-                t0 = r % int(L[default_ts])
-                col[0] = sid(np.array([default_ts]), np.array([t0 - 1]), np.array([1]))[0]
+                t0 = (r * int(k[default_ts])) % int(L[default_ts] * k[default_ts])
+                col[0] = after_rest(np.array([default_ts]), np.array([t0]))[0]
         elif kind == "Duration" and model.use_rests:
             d = beats_to_positions(value, P)
-            col[rows] = sid(ts_of, p_of, np.maximum(e_of, d))
+            col[rows] = sid(ts_of, p_of, np.maximum(e_of, d * k_of))
         else:  # a token time does not see
             col = np.arange(S)
             col[0] = 0
-        T[:, v] = col
-    T32 = T.astype(np.int32)
+        return col
+
+    # Tokens of one type and time value share a column: build each distinct column once.
+    distinct: dict[tuple[str, str], int] = {}
+    columns: list[np.ndarray] = []
+    token_column = np.empty(V, dtype=np.int64)
+    for v, (kind, value) in enumerate(kinds):
+        key = (kind, value) if kind in ("Bar", "TimeSig", "Position", "Rest", "Duration") else ("", "")
+        if key not in distinct:
+            distinct[key] = len(columns)
+            columns.append(column(kind, value))
+        token_column[v] = distinct[key]
+    table = np.stack(columns, axis=1)  # (S, distinct columns)
+    all_ts = np.concatenate([[-1], ts_of])
+    all_p = np.concatenate([[-1], p_of])
+    all_e = np.concatenate([[0], e_of])
+    all_L = np.concatenate([[0], L_of])
+    all_k = np.concatenate([[1], k_of])
+    if model.use_rests:  # keep the reachable states only
+        keep = _reachable(table, 0)
+        new_id = np.full(S + 1, REJECT, dtype=np.int64)  # the last slot maps REJECT
+        new_id[np.nonzero(keep)[0]] = np.arange(int(keep.sum()))
+        table = new_id[table[keep]]
+        all_ts, all_p, all_e, all_L, all_k = (a[keep] for a in (all_ts, all_p, all_e, all_L, all_k))
+    T32 = table.astype(np.int32)[:, token_column]
     info = {
-        "time_signature": np.concatenate([[-1], ts_of]).astype(np.int32),
-        "position": np.concatenate([[-1], p_of]).astype(np.int32),
-        "note_end_ahead": np.concatenate([[0], e_of]).astype(np.int32),
-        "bar_length": np.concatenate([[0], L_of]).astype(np.int32),
+        "time_signature": all_ts.astype(np.int32),
+        "position": all_p.astype(np.int32),
+        "note_end_ahead_ticks": all_e.astype(np.int32),
+        "ticks_per_position": all_k.astype(np.int32),
+        "bar_length": all_L.astype(np.int32),
     }
     names = np.array([f"{n}/{d}" for n, d in sigs])
     return Component(
         name="time",
         transitions=T32,
-        accepting=np.ones(S, dtype=bool),
+        accepting=np.ones(T32.shape[0], dtype=bool),
         start=0,
         info={**info, "time_signature_names": names},
     )

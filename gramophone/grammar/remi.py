@@ -110,6 +110,15 @@ def derive(tokenizer: MusicTokenizer) -> RemiGrammar:
         overrides.append("%override velocity:")
     if not cfg.use_programs:
         overrides += ["%override program:", "%override later_runs:"]
+    elif cfg.use_pitch_bends:
+        # One program's run at an onset may be its pitch bend alone (no note of it starts
+        # there): miditok writes `Program_a PitchBend Program_b PitchBend` and, after notes
+        # of a lower program, `Program_b PitchBend Position` (found by tests/test_random_scores).
+        # The grammar file's `onset`/`later_runs` want notes after every later pitch bend.
+        overrides += [
+            "%override onset: pedals | pedals? pitch_bend later_runs | pedals? pitch_bend? notes",
+            "%override later_runs: (pitch_bend (chord? note+)? | chord note+)*",
+        ]
     if not cfg.use_time_signatures:
         overrides.append("%override time_sig:")
     text = grammar_file_text("remi")
