@@ -68,7 +68,10 @@ def _oracle_allowed(
     """bool[V]: run each learned token's base tokens on the explicit product from ``s``."""
     S = dead.shape[0] - 1
     out = np.zeros(len(learned), dtype=bool)
+    specials = {learned.base.index(t) for t in ("BOS_None", "EOS_None", "PAD_None")}
     for v, piece in enumerate(learned.pieces):
+        if len(piece) > 1 and specials & set(piece):
+            continue  # a special token only stands alone (the tables' documented rule)
         q = s
         for b in piece:
             q = dead[q, b]

@@ -45,7 +45,8 @@ budget is still respected, but a piece may, rarely, be cut before its end in the
 ``max_distance`` steps (the output check reports it). No supported config needs that.
 
 **Trained vocabularies.** A learned token is allowed iff its base sequence is valid from
-the state and leaves a piece completable within the budget. Distances count base tokens;
+the state and leaves a piece completable within the budget (and it is not a mix of special
+and other tokens: a piece ends with the EOS token itself). Distances count base tokens;
 every base token the grammar uses is also a learned token (checked), so a completion always
 fits: the mask is safe, and conservative only in the last ``max_distance`` steps (where a
 completion in fewer, longer learned tokens would also fit).
@@ -591,6 +592,16 @@ def decoding_tables(
     def model_id(name: str) -> int:
         return int(learned.single[base_index[name]]) if learned.trained else base_index[name]
 
+    if learned.trained:
+        # a learned token that holds BOS, EOS or PAD among other tokens (Unigram learns
+        # "PAD BOS PAD") is never allowed: a stream ends with the EOS token itself, which is
+        # what a loop (and a user's) can see
+        specials = {base_index[t] for t in (BOS, EOS, PAD) if t in base_index}
+        mixed = [v for v, piece in enumerate(learned.pieces) if len(piece) > 1 and specials & set(piece)]
+        if mixed:
+            dead0 = rows[0][0].shape[0] - 1
+            rows[0][0][:, mixed] = dead0
+            rows[0][1][:, mixed] = False
     nexts = tuple(r[0] for r in rows)
     valids = tuple(r[1] for r in rows)
     for a in (*nexts, *valids, dist, strides):
