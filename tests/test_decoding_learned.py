@@ -69,9 +69,10 @@ def _oracle_allowed(
     S = dead.shape[0] - 1
     out = np.zeros(len(learned), dtype=bool)
     specials = {learned.base.index(t) for t in ("BOS_None", "EOS_None", "PAD_None")}
+    canonical = {int(learned.single[b]) for b in specials}
     for v, piece in enumerate(learned.pieces):
-        if len(piece) > 1 and specials & set(piece):
-            continue  # a special token only stands alone (the tables' documented rule)
+        if specials & set(piece) and (len(piece) > 1 or v not in canonical):
+            continue  # a special token only stands alone, by one id (the tables' documented rule)
         q = s
         for b in piece:
             q = dead[q, b]
@@ -125,6 +126,7 @@ def _assert_valid_streams(tok: Any, learned: LearnedVocab, streams: list[list[in
         base, _ = learned.expand(ids)
         names = [learned.base[b] for b in base]
         assert names[0] == "BOS_None" and names[-1] == "EOS_None", names
+        assert ids[-1] == learned.single[learned.base.index("EOS_None")], "a stream ends with the one EOS id"
         assert reference_accepts(grammar, names), names
         assert any(n.startswith("Pitch_") for n in names)
         framing = {(learned.base.index(t),) for t in ("BOS_None", "EOS_None")}
@@ -224,3 +226,23 @@ def test_a_missing_single_token_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(DecodingError, match="EOS_None"):
         decoding_tables(auto, learned=broken)
+
+
+def test_a_second_id_of_a_special_token_is_never_emitted_and_reads_as_the_first() -> None:
+    """Unigram reads two ids as EOS (and as BOS, PAD): the mask allows only the one the loops
+    stop at, and a prompt written with the other is continued as if written with the first."""
+    tok, learned, tables, _, _ = setup("Unigram", "bar")
+    eos_ids = [v for v, p in enumerate(learned.pieces) if p == (learned.base.index("EOS_None"),)]
+    bos_ids = [v for v, p in enumerate(learned.pieces) if p == (learned.base.index("BOS_None"),)]
+    assert len(eos_ids) == 2 and len(bos_ids) == 2  # miditok's Unigram quirk, which this test is about
+    ends = 0
+    for seed in range(20):
+        prompt = _walk(tables, np.random.default_rng(seed), 12)
+        state = tables.run(prompt)
+        allowed = kernels.allowed(tables, state[None, :], 1 << 20)[0]
+        assert not allowed[[v for v in eos_ids if v != tables.eos]].any()
+        ends += bool(allowed[tables.eos])
+    assert ends > 0  # some of these prefixes could end here
+    other_bos = next(v for v in bos_ids if v != tables.bos)
+    p = prepare_prompt(tables, compile_tokenizer(tok), [other_bos, *prompt[1:]])
+    assert p.ids == tuple(prompt) and (p.state == state).all()

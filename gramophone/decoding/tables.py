@@ -46,7 +46,7 @@ budget is still respected, but a piece may, rarely, be cut before its end in the
 
 **Trained vocabularies.** A learned token is allowed iff its base sequence is valid from
 the state and leaves a piece completable within the budget (and it is not a mix of special
-and other tokens: a piece ends with the EOS token itself). Distances count base tokens;
+and other tokens, nor a second id of a special token: a piece ends with the one EOS id). Distances count base tokens;
 every base token the grammar uses is also a learned token (checked), so a completion always
 fits: the mask is safe, and conservative only in the last ``max_distance`` steps (where a
 completion in fewer, longer learned tokens would also fit).
@@ -594,10 +594,15 @@ def decoding_tables(
 
     if learned.trained:
         # a learned token that holds BOS, EOS or PAD among other tokens (Unigram learns
-        # "PAD BOS PAD") is never allowed: a stream ends with the EOS token itself, which is
-        # what a loop (and a user's) can see
+        # "PAD BOS PAD") is never allowed, nor a second id of a lone special token (Unigram
+        # has two ids that read as EOS): a stream ends with the one EOS id the loops stop at
         specials = {base_index[t] for t in (BOS, EOS, PAD) if t in base_index}
-        mixed = [v for v, piece in enumerate(learned.pieces) if len(piece) > 1 and specials & set(piece)]
+        canonical = {int(learned.single[b]) for b in specials}
+        mixed = [
+            v
+            for v, piece in enumerate(learned.pieces)
+            if specials & set(piece) and (len(piece) > 1 or v not in canonical)
+        ]
         if mixed:
             dead0 = rows[0][0].shape[0] - 1
             rows[0][0][:, mixed] = dead0
@@ -670,11 +675,15 @@ def prepare_prompt(
     """Validate a prompt (model ids) and compute where decoding starts.
 
     Trailing EOS/PAD are dropped (a decoder output can be continued) and BOS is put first
-    when missing. A prompt that is not a valid beginning of a piece is a
+    when missing; a second id of a special token (Unigram has two) reads as the first. A prompt that is not a valid beginning of a piece is a
     :class:`DecodingError` that says where it breaks (the grammar's checker's message, in
     base tokens); so is one that cannot be completed (e.g. more bars than ``--bars``).
     """
-    seq = [int(i) for i in (ids or [])]
+    learned = tables.learned
+    special = {learned.pieces[i] for i in (tables.bos, tables.eos, tables.pad)}
+    # a second id of a special token (Unigram reads two ids as EOS) becomes the one the loops use
+    canonical = {v: int(learned.single[p[0]]) for v, p in enumerate(learned.pieces) if p in special}
+    seq = [canonical.get(int(i), int(i)) for i in (ids or [])]
     while seq and seq[-1] in (tables.eos, tables.pad):
         seq.pop()
     shift = 0  # token indices in messages are those of the prompt as given
