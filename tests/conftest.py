@@ -1,4 +1,4 @@
-"""Shared fixtures and hypothesis profiles (``ci``: bounded; ``dev``: larger, local)."""
+"""Shared fixtures; the hypothesis profiles live in :mod:`tests.profiles`."""
 
 from __future__ import annotations
 
@@ -7,22 +7,8 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "ci",
-    max_examples=30,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "dev",
-    max_examples=400,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+import tests.profiles  # noqa: F401 - registers and loads the hypothesis profiles
 
 #: Every supported option, alone and in combinations (issue: grammar core).
 CONFIGS: dict[str, dict[str, object]] = {

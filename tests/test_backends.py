@@ -390,27 +390,37 @@ def test_checkpoint_bad_config_json(saved: Path) -> None:
     assert "not a gramophone checkpoint config" in _load_error(saved)
 
 
+def _weights_file(path: Path) -> Path:
+    found = ckpt.file_path(ckpt.read_info(path), ckpt.WEIGHTS_FILE, verify=False)
+    assert found is not None
+    return found
+
+
 def test_checkpoint_truncated_or_corrupted_weights(saved: Path) -> None:
-    weights_file = saved / "model.safetensors"
+    weights_file = _weights_file(saved)
     data = weights_file.read_bytes()
     weights_file.write_bytes(data[: len(data) // 2])
     msg = _load_error(saved)
     assert msg.startswith(f"{weights_file}: truncated or corrupted")
-    # truncated, and config.json without the file records: safetensors' own check
+    # truncated, and config.json without the file records (a hand-made checkpoint, the plain
+    # file name): safetensors' own check
+    plain = saved / ckpt.WEIGHTS_FILE
+    weights_file.rename(plain)
     cfg = json.loads((saved / "config.json").read_text())
     cfg["files"] = {}
     (saved / "config.json").write_text(json.dumps(cfg))
-    assert _load_error(saved).startswith(f"{weights_file}: truncated or corrupted")
-    weights_file.write_bytes(data[:5])
-    assert _load_error(saved).startswith(f"{weights_file}: truncated or corrupted")
+    assert _load_error(saved).startswith(f"{plain}: truncated or corrupted")
+    plain.write_bytes(data[:5])
+    assert _load_error(saved).startswith(f"{plain}: truncated or corrupted")
     # same size, one byte flipped: the recorded SHA-256 catches it
     ckpt.save_checkpoint(saved, init_weights(CFG, 0), CFG)
+    weights_file = _weights_file(saved)
     flipped = bytearray(data)
     flipped[-3] ^= 0xFF
     weights_file.write_bytes(bytes(flipped))
     assert "SHA-256 differs" in _load_error(saved)
     weights_file.unlink()
-    assert _load_error(saved) == f"{weights_file}: missing"
+    assert _load_error(saved) == f"{weights_file}: missing (listed in config.json)"
 
 
 def test_checkpoint_shape_mismatch(saved: Path) -> None:
@@ -432,11 +442,28 @@ def test_checkpoint_shape_mismatch(saved: Path) -> None:
 
 
 def test_checkpoint_rewrite_is_atomic_and_keeps_other_files(saved: Path) -> None:
+    """config.json is the one commit point: a reader that read the old config before a save
+    still reads the old weights whole after it; the save before that is cleaned up."""
     (saved / "notes.txt").write_text("keep me")
+    old_info = ckpt.read_info(saved)
+    old_weights = ckpt.read_weights(old_info)
+    old_name = _weights_file(saved).name
     ckpt.save_checkpoint(saved, init_weights(CFG, 1), CFG, step=2)
+    assert old_name in {p.name for p in saved.iterdir()}
     assert (saved / "notes.txt").read_text() == "keep me"
-    assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
     assert ckpt.read_info(saved).step == 2
+    new_weights = ckpt.read_weights(ckpt.read_info(saved))
+    assert not np.array_equal(new_weights["tok_emb.weight"], old_weights["tok_emb.weight"])
+    # the reader in flight: old config, old weights, checked whole
+    again = ckpt.read_weights(old_info)
+    assert all(np.array_equal(again[k], old_weights[k]) for k in old_weights)
+    ckpt.save_checkpoint(saved, init_weights(CFG, 2), CFG, step=3)
+    names = sorted(p.name for p in saved.iterdir())
+    assert len(names) == 4 and "config.json" in names and "notes.txt" in names, names
+    assert old_name not in names
+    with pytest.raises(CheckpointError, match="missing"):
+        ckpt.read_weights(old_info)  # two saves later, the first weights are gone
+    assert not [n for n in names if n.endswith(".tmp")]
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -444,7 +471,8 @@ def test_corrupted_optimizer_state(backends: dict[str, Backend], tmp_path: Path,
     be = backends[name]
     state = be.init_state(be.init(CFG, seed=0), TRAIN)
     be.save_state(tmp_path / "ck", state)
-    opt_file = tmp_path / "ck" / be.optimizer_files[0]
+    opt_file = ckpt.file_path(ckpt.read_info(tmp_path / "ck"), be.optimizer_files[0])
+    assert opt_file is not None
     opt_file.write_bytes(opt_file.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=f"{opt_file.name}: truncated or corrupted"):
         be.load_state(tmp_path / "ck")

@@ -189,3 +189,68 @@ def test_automaton_save_load_roundtrip_and_hash(tmp_path) -> None:  # type: igno
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(Exception, match="not a readable automaton"):
         Automaton.load(path)
+
+
+def _respelled(c: Component, seed: int) -> Component:
+    """``c`` with its states shuffled, one state duplicated and an unreachable state added:
+    another spelling of the same language."""
+    rng = np.random.default_rng(seed)
+    twin = c.num_states
+    T = np.vstack(
+        [c.transitions, c.transitions[c.start : c.start + 1], np.zeros((1, c.transitions.shape[1]), np.int32)]
+    )
+    acc = np.append(c.accepting, [c.accepting[c.start], True])
+    T[np.equal(T, c.start)] = twin  # edges into the start state now reach its twin
+    perm = rng.permutation(twin + 2)  # old state -> new number
+    inv = np.argsort(perm)
+    lookup = np.append(perm, fsa.REJECT).astype(np.int32)
+    T2 = lookup[T[inv]]
+    return Component(f"{c.name}-respelled", T2, acc[inv], int(perm[c.start]))
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_the_hash_names_the_language_not_its_spelling(seed: int) -> None:
+    """Two spellings, one hash: states renumbered or duplicated, components renamed or
+    reordered, a component that accepts everything added; another language, another hash."""
+    table = compile_grammar(TOY, VOCAB)
+    syntax = Component("syntax", table.transitions, table.accepting, table.start)
+    V = len(VOCAB)
+    parity = Component(
+        "even-B",
+        np.array([[1 if v == 3 else 0 for v in range(V)], [0 if v == 3 else 1 for v in range(V)]], np.int32),
+        np.array([True, False]),
+        0,
+    )
+    anything = Component("anything", np.zeros((1, V), np.int32), np.array([True]), 0)
+    auto = Automaton(tuple(VOCAB), (syntax, parity))
+    other = Automaton(tuple(VOCAB), (_respelled(parity, seed), anything, _respelled(syntax, seed + 1)))
+    assert other.digest != auto.digest and other.hash == auto.hash
+    assert Automaton(tuple(VOCAB), (syntax,)).hash != auto.hash
+    odd = Component("odd-B", parity.transitions, ~parity.accepting, 0)
+    assert Automaton(tuple(VOCAB), (syntax, odd)).hash != auto.hash
+    # the spellings accept the same streams (the respelling itself is right)
+    rng = np.random.default_rng(seed)
+    for _ in range(30):
+        ids = rng.integers(0, V, int(rng.integers(0, 8))).tolist()
+        assert auto.accepts(ids) == other.accepts(ids)
+
+
+def test_a_checkpoint_is_not_refused_over_a_respelled_grammar() -> None:
+    """The checkpoint gate compares language hashes: the shipped grammar with its constraint
+    components respelled still loads the bundled model."""
+    from gramophone.backends import checkpoint as ckpt
+    from gramophone.grammar import compile_tokenizer
+    from gramophone.models import bundled_checkpoint_path, check_compatible
+    from gramophone.tokenizers import load_tokenizer
+
+    tok = load_tokenizer()
+    auto = compile_tokenizer(tok)
+    respelled = Automaton(
+        auto.vocab, tuple(_respelled(c, i) for i, c in enumerate(reversed(auto.components)))
+    )
+    assert respelled.digest != auto.digest
+    info = ckpt.read_info(bundled_checkpoint_path())
+    check_compatible(info.meta, info.model.vocab_size, tok, respelled)
+    broken = Automaton(auto.vocab, auto.components[:-1])
+    with pytest.raises(Exception, match="grammar mismatch"):
+        check_compatible(info.meta, info.model.vocab_size, tok, broken)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ALL_CONFIGS, automaton_for, tokenizer_for
+from tests.profiles import scaled
 from tests.reference import miditok_errors
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def test_every_chorale_is_accepted(name: str, chorale_midis: list) -> None:  # t
 
 
 @pytest.mark.parametrize("name", ["shipped", "dedup", "combo-rests-programs", "combo-bare"])
-@settings(max_examples=60)
+@settings(max_examples=scaled(60))
 @given(data=st.data())
 def test_corruptions_miditok_flags_are_rejected(name: str, data: st.DataObject) -> None:
     auto = automaton_for(name)

@@ -32,6 +32,7 @@ from gramophone.tokenizers import (
     write_token_file,
 )
 from tests.learned_fixtures import MODELS, SPLITS, chorales, trained_tokenizer, trained_tokenizer_path
+from tests.profiles import scaled
 
 #: miditok's WordPiece without splitting encodes a whole chorale as one "word", longer than
 #: its ``max_input_chars_per_word`` (400): it becomes the unknown token. Not lossless, so
@@ -202,7 +203,7 @@ def assert_names_learned_token(model: str, ids: list[int]) -> None:
 
 
 @pytest.mark.parametrize("model", MODELS)
-@settings(max_examples=30)
+@settings(max_examples=scaled(30))
 @given(data=st.data())
 def test_corruptions_miditok_flags_are_rejected(model: str, data: st.DataObject) -> None:
     tokenizer = trained_tokenizer("REMI", model, "bar")

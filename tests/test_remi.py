@@ -14,6 +14,7 @@ from lark import Lark
 from gramophone import UnsupportedConfigError
 from gramophone.grammar import REJECT, compile_remi, derive, fsa
 from tests.conftest import ALL_CONFIGS, automaton_for, grammar_for, tokenizer_for
+from tests.profiles import scaled
 from tests.reference import lark_accepts, miditok_errors, pruned_lark, reference_accepts
 from tests.walks import random_walk
 
@@ -79,7 +80,7 @@ def _explicit(name: str, parser: Lark) -> dict[str, st.SearchStrategy[str]]:
 
 
 @pytest.mark.parametrize("name", ["shipped", "rests", "combo-rests-programs", "combo-controls", "combo-bare"])
-@settings(max_examples=30)
+@settings(max_examples=scaled(30))
 @given(data=st.data())
 def test_lark_generated_streams_pass_the_syntax_automaton(name: str, data: st.DataObject) -> None:
     grammar = grammar_for(name)
@@ -125,7 +126,7 @@ def walk_or_mutation(draw: st.DrawFn, name: str) -> list[int]:
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
-@settings(max_examples=60)
+@settings(max_examples=scaled(60))
 @given(data=st.data())
 def test_automaton_accepts_iff_lark_and_references_accept(name: str, data: st.DataObject) -> None:
     ids = data.draw(walk_or_mutation(name))
@@ -203,7 +204,7 @@ def test_no_dead_ends_in_the_reachable_product(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(set(ALL_CONFIGS) - set(EXHAUSTIVE)))
-@settings(max_examples=20)
+@settings(max_examples=scaled(20))
 @given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 400))
 def test_no_dead_ends_along_long_walks(name: str, seed: int, length: int) -> None:
     """Products too large to tabulate: long random walks never get stuck (the walk
@@ -232,7 +233,7 @@ def test_no_dead_end_after_a_programs_highest_pitch() -> None:
 
 # -- property 5: miditok's own verdict on random walks ---------------------------------------
 @pytest.mark.parametrize("name", ALL_CONFIGS)
-@settings(max_examples=25)
+@settings(max_examples=scaled(25))
 @given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 200))
 def test_random_walks_have_no_miditok_errors_and_decode(name: str, seed: int, length: int) -> None:
     from gramophone.tokenizers import decode_ids

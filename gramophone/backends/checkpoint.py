@@ -3,21 +3,26 @@
 Layout::
 
     CKPT/
-      model.safetensors          float32 weights, PyTorch layout and names
       config.json                {"format", "version", "model", "train", "step", "meta",
-                                  "backend", "files": {name: {"bytes", "sha256"}}}
-      optimizer-torch.pt         optional, for resuming with the torch backend
-      optimizer-jax.safetensors  optional, for resuming with the jax backend (+ .json)
+                                  "backend", "files": {name: {"file", "bytes", "sha256"}},
+                                  "previous": [files of the previous save]}
+      model.<sha12>.safetensors  float32 weights, PyTorch layout and names ("model.safetensors")
+      optimizer-torch.<sha12>.pt optional, for resuming with the torch backend
+      optimizer-jax...           optional, for resuming with the jax backend
 
 Parameter names and shapes are those of :func:`expected_shapes` (a ``Linear`` weight is
 ``[out, in]``; the JAX backend transposes at the boundary).
 
-Every file is written to a temporary file in the same folder and moved into place with
-``os.replace``; ``config.json`` goes last and records the size and SHA-256 of the others.
-A reader therefore sees either the old or the new checkpoint, and a checkpoint that was
-half overwritten, truncated or corrupted is detected and reported as one
-:class:`~gramophone.errors.CheckpointError` line naming the file.
-Other files in the directory (logs, samples) are left alone.
+**Atomic as a whole.** Each file is written under a name that holds its content's SHA-256
+(``model.safetensors`` is stored as ``model.<sha12>.safetensors``), then ``config.json``,
+which names them, is replaced in one ``os.replace``: a reader that opens ``config.json``
+sees the old checkpoint or the new one, never new weights with an old config. The files of
+the save before the previous one are removed then (those of the previous save stay, for a
+reader that read the old ``config.json`` a moment ago). Version-1 checkpoints (files under
+their plain names, as the bundled model) are read as before. A checkpoint that was
+truncated or corrupted is detected (sizes and SHA-256) and reported as one
+:class:`~gramophone.errors.CheckpointError` line naming the file. Other files in the
+directory (logs, samples) are left alone.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ __all__ = [
 ]
 
 FORMAT = "gramophone-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: files under their plain names
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -149,9 +155,9 @@ def save_checkpoint(
     check_weights(weights, model, f"{directory / WEIGHTS_FILE} (writing)")
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in expected_shapes(model)}
-    files = {WEIGHTS_FILE: atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(arrays, str(tmp)))}
-    for name, writer in (extra_files or {}).items():
-        files[name] = atomic_write(directory / name, writer)
+    writers = {WEIGHTS_FILE: lambda tmp: save_file(arrays, str(tmp)), **(extra_files or {})}
+    before, earlier = _previous_files(directory)
+    files = {name: _write_addressed(directory, name, writer) for name, writer in writers.items()}
     config = {
         "format": FORMAT,
         "version": VERSION,
@@ -161,10 +167,49 @@ def save_checkpoint(
         "meta": dict(meta or {}),
         "backend": backend,
         "files": files,
+        "previous": sorted(before),
     }
     text = json.dumps(config, indent=2, sort_keys=False) + "\n"
     atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    keep = before | {r["file"] for r in files.values()}
+    for stale in earlier - keep:  # the save before the previous one: no reader holds it now
+        with contextlib.suppress(OSError):
+            (directory / stale).unlink()
     return directory
+
+
+def _stored_name(name: str, sha256: str) -> str:
+    """``model.safetensors`` -> ``model.<sha12>.safetensors`` (the content names the file)."""
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}.{sha256[:12]}{dot}{suffix}"
+
+
+def _write_addressed(directory: Path, name: str, writer: Callable[[Path], object]) -> dict[str, Any]:
+    """Write ``name`` under its content-addressed name; its ``files`` record in config.json."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        record = atomic_write(tmp, writer)
+        stored = _stored_name(name, record["sha256"])
+        os.replace(tmp, directory / stored)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return {"file": stored, **record}
+
+
+def _previous_files(directory: Path) -> tuple[set[str], set[str]]:
+    """The files the current ``config.json`` names, and those of the save before it."""
+    try:
+        data = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        files = data.get("files") or {}
+        current = {str(r.get("file", n)) for n, r in files.items()}
+        earlier = {str(f) for f in data.get("previous") or []}
+    except (OSError, ValueError, AttributeError):
+        return set(), set()
+    return current, earlier
 
 
 # ----------------------------------------------------------------------------- reading
@@ -188,10 +233,10 @@ def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
         raise CheckpointError(
             f'{cfg_path}: not a gramophone checkpoint config (expected "format": "{FORMAT}")'
         )
-    if data.get("version") != VERSION:
+    if data.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{cfg_path}: unsupported checkpoint version "
-            f"{data.get('version')!r} (this gramophone reads {VERSION})"
+            f"{data.get('version')!r} (this gramophone reads {', '.join(map(str, READABLE_VERSIONS))})"
         )
     try:
         model = ModelConfig.from_dict(data["model"])
@@ -215,9 +260,12 @@ def file_path(info: CheckpointInfo, name: str, *, verify: bool = True) -> Path |
     record raises :class:`CheckpointError`.
     """
     record = info.files.get(name)
-    p = info.path / name
     if record is None:
         return None
+    stored = record.get("file", name) if isinstance(record, dict) else name
+    if not isinstance(stored, str) or Path(stored).name != stored:
+        raise CheckpointError(f"{info.path / CONFIG_FILE}: file record of {name!r} is malformed")
+    p = info.path / stored
     if not p.is_file():
         raise CheckpointError(f"{p}: missing (listed in {CONFIG_FILE})")
     if verify:
@@ -234,14 +282,14 @@ def file_path(info: CheckpointInfo, name: str, *, verify: bool = True) -> Path |
 
 
 def read_weights(info: CheckpointInfo, *, verify: bool = True) -> dict[str, np.ndarray]:
-    """Load ``model.safetensors`` and check it against ``info.model``; name -> float32 array."""
+    """Load the weights (``model.safetensors``) and check it against ``info.model``; name -> float32 array."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    p = info.path / WEIGHTS_FILE
+    # a config without file records (written by hand): the plain name, safetensors' own checks
+    p = file_path(info, WEIGHTS_FILE, verify=verify) or info.path / WEIGHTS_FILE
     if not p.is_file():
         raise CheckpointError(f"{p}: missing")
-    file_path(info, WEIGHTS_FILE, verify=verify)
     try:
         weights = load_file(str(p))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -32,13 +32,26 @@ from gramophone.grammar.fsa import REJECT
 
 __all__ = ["REJECT", "Automaton", "Component"]
 
-_FORMAT = 1
+_FORMAT = 2  # 2: the header keeps the language hash and a content digest
 
 
 def _freeze(a: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(a)
     a.flags.writeable = False
     return a
+
+
+def _language_digest(c: Component) -> bytes | None:
+    """sha256 of ``c``'s minimal automaton in canonical numbering; None when ``c`` accepts
+    every stream (it does not change the language)."""
+    try:
+        T, acc, s0 = fsa.trim(c.transitions, c.accepting, c.start)
+    except ValueError:  # the empty language
+        return hashlib.sha256(b"empty").digest()
+    T, acc, s0 = fsa.minimize(T, acc, s0)
+    if T.shape[0] == 1 and acc[0] and (T == 0).all():
+        return None
+    return hashlib.sha256(np.int64(T.shape[1]).tobytes() + T.tobytes() + acc.tobytes()).digest()
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,7 +121,27 @@ class Automaton:
     # -- identity ----------------------------------------------------------------------
     @cached_property
     def hash(self) -> str:
-        """sha256 of the language's tables and vocabulary (hex, 16 chars)."""
+        """sha256 (16 hex) of the language: the vocabulary and each component's minimal
+        automaton in canonical numbering (:func:`fsa.minimize`), sorted; components that
+        accept every stream are left out. Two spellings of a constraint, the same components
+        in another order or under other names: one hash. Moving a constraint from one
+        component into another still changes it (the minimal product over the whole
+        language would not, but it is too large to build for most configs). An automaton
+        lifted to a trained vocabulary carries ``meta["language_hash"]`` (its base's hash and
+        the learned pieces), set by :func:`gramophone.tokenizers.learned.lift_automaton`.
+        """
+        if "language_hash" in self.meta:
+            return str(self.meta["language_hash"])
+        digests = sorted(d for c in self.components if (d := _language_digest(c)) is not None)
+        h = hashlib.sha256(json.dumps(list(self.vocab)).encode())
+        for d in digests:
+            h.update(d)
+        return h.hexdigest()[:16]
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 (16 hex) of the tables as stored (names, numbering, order): what a saved
+        file is checked against; :attr:`hash` names the language."""
         h = hashlib.sha256()
         h.update(json.dumps(list(self.vocab)).encode())
         for c in self.components:
@@ -259,6 +292,7 @@ class Automaton:
             "grammar_text": self.grammar_text,
             "meta": dict(self.meta),
             "hash": self.hash,
+            "digest": self.digest,
             "components": comp_headers,
         }
         for k, c in enumerate(self.components):
@@ -304,6 +338,7 @@ class Automaton:
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise GramophoneError(f"{path}: not a readable automaton file ({exc})") from exc
         auto = cls(tuple(header["vocab"]), tuple(comps), header["grammar_text"], header["meta"])
-        if auto.hash != header["hash"]:
-            raise GramophoneError(f"{path}: content hash mismatch (corrupted automaton file)")
+        if auto.digest != header.get("digest"):
+            raise GramophoneError(f"{path}: content digest mismatch (corrupted automaton file)")
+        auto.__dict__["hash"] = str(header["hash"])  # the tables are the ones it was computed on
         return auto

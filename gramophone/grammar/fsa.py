@@ -15,7 +15,6 @@ vocabulary table. Nondeterministic automata only exist while a grammar is compil
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -167,21 +166,38 @@ def trim(T: np.ndarray, accepting: np.ndarray, start: int) -> tuple[np.ndarray, 
     return T2.astype(np.int32), accepting[keep].copy(), int(new_id[start])
 
 
+def _row_ids(rows: np.ndarray) -> np.ndarray:
+    """``int64[N]``: the same id for equal rows of a 2-D array (ids in sorted-row order)."""
+    rows = np.ascontiguousarray(rows)
+    if rows.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    as_bytes = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, ids = np.unique(as_bytes, return_inverse=True)  # one sort of whole rows: fast
+    return ids.reshape(-1).astype(np.int64)
+
+
 def minimize(T: np.ndarray, accepting: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Moore's partition refinement, then a canonical breadth-first numbering.
 
     Two automata with the same language come out with identical tables, which makes the
-    content hash of a compiled grammar independent of how it was written.
+    content hash of a compiled grammar independent of how it was written. Tokens with equal
+    columns are refined once (a class each); rows are compared as bytes.
     """
     S = T.shape[0]
-    block = accepting.astype(np.int64)
+    if S == 0:
+        return T.astype(np.int32), accepting.copy(), start
+    token_class = _row_ids(T.T)
+    first = np.zeros(int(token_class.max()) + 1, dtype=np.int64)
+    first[token_class[::-1]] = np.arange(T.shape[1])[::-1]
+    Tc = T[:, first]  # (S, classes): one column per class of equal columns
+    rejected = Tc == REJECT
+    Tc_safe = np.where(rejected, 0, Tc)
+    block = accepting.astype(np.int32)
     n_blocks = len(np.unique(block))
     while True:
-        succ = np.where(T == REJECT, -1, block[np.where(T == REJECT, 0, T)])
-        signature = np.concatenate([block[:, None], succ], axis=1)
-        _, new_block = np.unique(signature, axis=0, return_inverse=True)
-        new_block = new_block.reshape(S)
-        n_new = int(new_block.max()) + 1 if S else 0
+        succ = np.where(rejected, -1, block[Tc_safe]).astype(np.int32)
+        new_block = _row_ids(np.concatenate([block[:, None], succ], axis=1)).astype(np.int32)
+        n_new = int(new_block.max()) + 1
         block = new_block
         if n_new == n_blocks:
             break
@@ -194,20 +210,24 @@ def minimize(T: np.ndarray, accepting: np.ndarray, start: int) -> tuple[np.ndarr
 
 
 def canonical(T: np.ndarray, accepting: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Renumber states in breadth-first order from ``start`` (symbols in increasing order)."""
+    """Renumber states in breadth-first order from ``start`` (symbols in increasing order);
+    unreachable states are dropped. One level of the search at a time, in numpy."""
     S = T.shape[0]
     new_id = np.full(S, -1, dtype=np.int64)
     new_id[start] = 0
-    order = [start]
-    queue = deque([start])
-    while queue:
-        s = queue.popleft()
-        for t in T[s]:
-            if t != REJECT and new_id[t] < 0:
-                new_id[t] = len(order)
-                order.append(int(t))
-                queue.append(int(t))
-    perm = np.array(order, dtype=np.int64)
+    order = [np.array([start], dtype=np.int64)]
+    count = 1
+    frontier = order[0]
+    while frontier.size:
+        succ = T[frontier].reshape(-1)  # in (parent, symbol) order: a FIFO queue's order
+        succ = succ[succ != REJECT]
+        succ = succ[new_id[succ] < 0]
+        _, first = np.unique(succ, return_index=True)
+        frontier = succ[np.sort(first)].astype(np.int64)
+        new_id[frontier] = np.arange(count, count + frontier.size)
+        count += frontier.size
+        order.append(frontier)
+    perm = np.concatenate(order)
     lookup = np.append(new_id, REJECT)  # index -1 -> REJECT
     T2 = lookup[T[perm]].astype(np.int32)
     return T2, accepting[perm].copy(), 0

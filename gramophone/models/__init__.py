@@ -43,7 +43,7 @@ def bundled_checkpoint_path() -> Path:
     """The folder of the bundled model (``gramophone/models/bundled``: ``model.safetensors``
     + ``config.json``, no optimizer state); :class:`CheckpointError` if it is not installed."""
     path = Path(str(resources.files("gramophone.models") / BUNDLED_NAME))
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+    if not (path / "config.json").is_file():
         raise CheckpointError(
             f"{path}: the bundled model is missing (train it with scripts/train_bundled.sh, "
             "or pass --checkpoint DIR)"

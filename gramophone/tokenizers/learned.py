@@ -27,6 +27,8 @@ Details of miditok that matter here:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -180,5 +182,7 @@ def lift_automaton(automaton: Automaton, learned: LearnedVocab) -> Automaton:
         Component(c.name, lift(c.transitions, learned), c.accepting, c.start, dict(c.info), c.neutral)
         for c in automaton.components
     )
-    meta = {**automaton.meta, "base_automaton_hash": automaton.hash}
+    pieces = hashlib.sha256(json.dumps([list(p) for p in learned.pieces]).encode()).hexdigest()
+    language = hashlib.sha256(f"{automaton.hash} {pieces}".encode()).hexdigest()[:16]
+    meta = {**automaton.meta, "base_automaton_hash": automaton.hash, "language_hash": language}
     return Automaton(learned.names, comps, automaton.grammar_text, meta)
