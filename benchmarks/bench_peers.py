@@ -1,7 +1,7 @@
 """Mask step and compile time against the peer engines (xgrammar, outlines-core, llguidance).
 
 Writes ``benchmarks/results/peers.json`` and ``peers.md`` (or ``--out DIR``): the records of
-:mod:`gramophone.bench.peers`, the machine they were measured on, and what each peer's
+:mod:`benchmarks.peers`, the machine they were measured on, and what each peer's
 grammar cannot express. Peers come with ``pip install 'gramophone[bench]'``; one that is
 not installed is recorded as ``missing``.
 
@@ -19,7 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from gramophone.bench import peers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.peers
+from benchmarks import peers
 from gramophone.bench.common import machine
 
 

@@ -27,6 +27,12 @@ EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
 
 def _err(message: str) -> None:
+    """An error: one line on stderr, ``gramophone: error: MESSAGE`` (argparse's format)."""
+    print(f"gramophone: error: {message}", file=sys.stderr)
+
+
+def _note(message: str) -> None:
+    """A note that is not an error (a file skipped): ``gramophone: MESSAGE`` on stderr."""
     print(f"gramophone: {message}", file=sys.stderr)
 
 
@@ -151,12 +157,12 @@ def _expand_check_paths(paths: Sequence[str]) -> Iterator[str]:
             files = []
             for f in found:
                 if _is_tokenizer_file(f):
-                    _err(f"{f}: skipped (a tokenizer file, not a token file)")
+                    _note(f"{f}: skipped (a tokenizer file, not a token file)")
                 else:
                     files.append(str(f))
             yield from files or [name]  # an empty folder: "is a directory", exit status 2
         elif name != "-" and _is_tokenizer_file(p):
-            _err(f"{name}: skipped (a tokenizer file, not a token file)")
+            _note(f"{name}: skipped (a tokenizer file, not a token file)")
         else:
             yield name
 
@@ -164,6 +170,7 @@ def _expand_check_paths(paths: Sequence[str]) -> Iterator[str]:
 def cmd_check(args: argparse.Namespace) -> int:
     from gramophone.grammar.checker import check_stream
     from gramophone.tokenizers import model_vocab
+    from gramophone.tokenizers.losses import file_losses
 
     try:
         tokenizer, automaton = _load(args.tokenizer)
@@ -176,6 +183,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         record: dict[str, Any] = {"file": path}
         try:
             streams, learned = _file_streams(path, tokenizer)
+            losses = file_losses(tokenizer, path, strict=args.strict)  # MIDI: what tokenizing lost
+            if losses:
+                record["warnings"] = [loss.message for loss in losses]
             vocab = learned_vocab if learned else None
             total = learned_total = 0
             violation = None
@@ -212,11 +222,17 @@ def cmd_check(args: argparse.Namespace) -> int:
             status = EXIT_INVALID
         if args.json:
             print(json.dumps(record), flush=True)
-        elif record["valid"]:
+            continue
+        for warning in record.get("warnings", []):
+            _note(f"warning: {path}: {warning}")
+        if record["valid"]:
             counted = f"{record['tokens']} tokens"
             if "learned_tokens" in record:
                 counted = f"{record['learned_tokens']} learned tokens, {record['tokens']} base tokens"
-            print(f"{path}: valid ({counted})")
+            if any(loss.kind == "no-notes" for loss in losses):
+                print(f"{path}: nothing musical remains after tokenizing ({counted}, no note)")
+            else:
+                print(f"{path}: valid ({counted})")
         elif violation is not None:
             where = f"stream {record['stream']}, " if "stream" in record else ""
             before = " ".join(record["before"])
@@ -231,6 +247,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # -- tokenize ---------------------------------------------------------------------------
 def cmd_tokenize(args: argparse.Namespace) -> int:
+    from gramophone._outdir import claim_output_folder, output_names
     from gramophone.tokenizers import encode_midi, load_tokenizer, save_tokenizer, write_token_streams
 
     try:
@@ -238,29 +255,29 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     except GramophoneError as exc:
         _err(str(exc))
         return EXIT_ERROR
-    out = Path(args.out)
+    inputs = list(dict.fromkeys(args.midi))  # a file given twice is tokenized once
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        names = output_names(inputs)
+        planned = ["tokenizer.json", *(n + suffix for n in names for suffix in (".json", ".txt"))]
+        folder = claim_output_folder(args.out, "tokenize", planned)
+        out = folder.path
         save_tokenizer(tokenizer, out / "tokenizer.json")
-    except OSError as exc:
-        _err(f"{out}: cannot create the output folder ({exc.strerror})")
-        return EXIT_ERROR
     except GramophoneError as exc:
         _err(str(exc))
         return EXIT_ERROR
     status = EXIT_OK
-    for path in args.midi:
-        stem = Path(path).stem
+    for path, name in zip(inputs, names, strict=True):
         try:
             streams = encode_midi(tokenizer, path)
-            write_token_streams(out / f"{stem}.json", streams, tokenizer)
+            write_token_streams(out / f"{name}.json", streams, tokenizer)
         except GramophoneError as exc:
             _err(str(exc))
             status = EXIT_ERROR
             continue
         n = sum(len(s) for s in streams)
         what = f"{n} learned tokens" if tokenizer.is_trained else f"{n} tokens"
-        print(f"{path}: {len(streams)} stream(s), {what} -> {out / stem}.json, .txt")
+        print(f"{path}: {len(streams)} stream(s), {what} -> {out / name}.json, .txt")
+    folder.finish()
     return status
 
 
@@ -288,9 +305,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
         prompt=None if args.prompt is None else Path(args.prompt),
         bars=args.bars,
         audio=not args.no_audio,
+        formats=None if args.formats is None else tuple(f.strip() for f in args.formats.split(",")),
+        strict=args.strict,
     )
     try:
-        summary = decode_to_folder(options)
+        summary = decode_to_folder(options, warn=lambda message: _note(f"warning: {message}"))
     except OSError as exc:
         _err(f"{exc.filename or args.out}: {exc.strerror or exc}")
         return EXIT_ERROR
@@ -322,11 +341,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         config=config,
         resume=args.resume,
         steps=args.steps,
+        reschedule=args.reschedule,
+        stop_after=args.stop_after,
         checkpoint_every=args.checkpoint_every,
         eval_every=args.eval_every,
         tokenizer=tokenizer,
         automaton=automaton,
     )
+    if result.model_dir is None:
+        print(f"{result.out}: stopped at step {result.step}; --resume continues the run")
+        return EXIT_OK
     print(f"{result.out}: trained to step {result.step}; model in {result.model_dir}")
     for split, metrics in result.evaluation.items():
         print(
@@ -355,7 +379,10 @@ def _add_train_parser(sub: Any) -> None:
             "for augmentation, split by piece) with the grammar's allowed masks. Writes into DIR: "
             "checkpoints/ (every --checkpoint-every steps, atomically), metrics.jsonl, loss.png, "
             "model/ (final parameters) and eval.json (validation and test NLL). --resume continues "
-            "from the last checkpoint with the same batches an uninterrupted run would see."
+            "from the last checkpoint with the same batches an uninterrupted run would see. The "
+            "learning-rate schedule (linear warmup, cosine decay over --steps; a warmup longer than "
+            "--steps is shortened, with a note) is fixed when the run starts and recorded in "
+            "DIR/run.json; --resume continues it unchanged; metrics.jsonl has each step's lr."
         ),
     )
     p.add_argument("--backend", required=True, metavar="torch|jax", help="framework to train with")
@@ -372,6 +399,18 @@ def _add_train_parser(sub: Any) -> None:
     )
     p.add_argument("--steps", type=_positive_int, metavar="N", help="total updates (default: the config's)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its last checkpoint")
+    p.add_argument(
+        "--reschedule",
+        action="store_true",
+        help="with --resume --steps M other than the run's own: end the cosine decay at step M instead "
+        "(the learning rate changes from the resumed step on); without it that --steps is refused",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=_positive_int,
+        metavar="K",
+        help="stop after update K (checkpointed) without finishing; --resume continues the same schedule",
+    )
     p.add_argument(
         "--checkpoint-every", type=_positive_int, default=100, metavar="K", help="steps between checkpoints"
     )
@@ -409,7 +448,9 @@ def _add_bench_parser(sub: Any) -> None:
             "the validity table of three models trained with ce, ce+structural and masked losses) and "
             "write DIR/results.json, DIR/report.md and plots. --quick runs a reduced set in a few "
             "minutes; the full run trains three models (about an hour on two cores; reused afterwards "
-            "from the cache). Exit status 1 when a section failed (the others are still written)."
+            "from the cache). DIR must be new, empty, or written by an earlier bench, whose files are "
+            "removed first (listed in DIR/.gramophone-files); a folder holding other files is refused. "
+            "Exit status 1 when a section failed (the others are still written)."
         ),
     )
     p.add_argument("--quick", action="store_true", help="reduced sizes and repeats (a few minutes)")
@@ -441,12 +482,19 @@ def build_parser() -> argparse.ArgumentParser:
             "trained tokenizer), plain text of base token names separated by white space (blank "
             "lines separate streams), a MIDI file (tokenized with the config), or - for standard "
             "input. For each invalid file the first violation is reported in base tokens: where "
-            "(and in which learned token), what rejected it, and what was expected. "
-            "Exit status: 0 all valid, 1 some invalid, 2 some file could not be read."
+            "(and in which learned token), what rejected it, and what was expected. A MIDI file "
+            "whose tokenizing loses content (time signatures outside the vocabulary, notes outside "
+            "the pitch range, programs not in the config, tempos or durations beyond the "
+            "tokenizer's range) gets a warning per kind of loss on stderr (--strict: an error). "
+            "Exit status: 0 all valid, 1 some invalid, 2 some file could not be read (or, with "
+            "--strict, lost content when tokenized)."
         ),
     )
     p.add_argument("--tokenizer", metavar="TOKENIZER.json", help=tok_help)
     p.add_argument("--json", action="store_true", help="one JSON object per file per line (JSON Lines)")
+    p.add_argument(
+        "--strict", action="store_true", help="a MIDI file whose tokenizing loses content is an error"
+    )
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_check)
 
@@ -455,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokenize MIDI files into token files",
         description="Tokenize MIDI files with the tokenizer (learned ids for a trained one); writes "
         "NAME.json (miditok's format), NAME.txt (base token names) and tokenizer.json into DIR. "
+        "NAME is the file's path relative to the deepest folder holding every MIDI given (its stem "
+        "when they share one folder; a/x.mid b/x.mid give DIR/a/x.json and DIR/b/x.json). DIR must be "
+        "new, empty, or written by an earlier run of gramophone, whose files are removed first (it "
+        "records them in DIR/.gramophone-files); a folder holding other files is refused. "
         "A file that cannot be read or tokenized is one line on stderr (exit status 2); the "
         "others are still written, each file whole or not at all.",
     )
@@ -470,8 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Sample pieces from a checkpoint (default: the bundled model) with every token masked "
             "by the grammar's automaton, so each piece is valid and complete (BOS ... EOS, one note "
             "at least) within --max-tokens, which counts every token of a piece (prompt, BOS and EOS "
-            "included). Writes into DIR: tokenizer.json, and per piece piece-NNN.json (miditok "
-            "token file), .txt, .mid, .png (piano roll) and .wav (FluidSynth), plus summary.json. "
+            "included). Writes into DIR: tokenizer.json, summary.json and per piece piece-NNN.json "
+            "(miditok token file) and .txt, .mid, .png (piano roll) and .wav (FluidSynth), or the "
+            "--formats chosen. DIR must be new, empty, or written by an earlier run of gramophone, "
+            "whose files are removed first (it records them in DIR/.gramophone-files): pieces of two "
+            "runs never mix, and a folder holding other files is refused. "
             "Exit status: 0 all pieces valid, 1 some invalid (a bug), 2 an error."
         ),
     )
@@ -494,8 +549,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="continue this token file (JSON/text, one stream) or single-track MIDI file",
     )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="a MIDI prompt whose tokenizing loses content (see check) is an error, not a warning",
+    )
     p.add_argument("--bars", type=int, metavar="N", help="exactly N bars (Bar tokens) per piece")
-    p.add_argument("--no-audio", action="store_true", help="do not render WAV files")
+    p.add_argument(
+        "--formats",
+        metavar="A,B",
+        help="what to write per piece, any of tokens (.json + .txt), midi, roll (piano-roll .png) and wav "
+        "(default: all that the installed extras allow); --formats tokens writes many pieces fast",
+    )
+    p.add_argument("--no-audio", action="store_true", help="no WAV files (the default formats less wav)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=cmd_decode)
 
@@ -519,6 +585,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GramophoneError as exc:
         _err(str(exc))
         return EXIT_ERROR
+    except OSError as exc:  # a file read or written deep in a library call (disk full, ...)
+        where = f"{exc.filename}: " if exc.filename else ""
+        _err(f"{where}{exc.strerror or exc}")
+        return EXIT_ERROR
+    except ImportError as exc:  # an optional package that a library call needs
+        _err(_missing_package(exc))
+        return EXIT_ERROR
+
+
+#: The extra of pyproject.toml that installs each optional package gramophone imports.
+_EXTRAS = {
+    "torch": "torch",
+    "safetensors": "torch",
+    "jax": "jax",
+    "flax": "jax",
+    "optax": "jax",
+    "music21": "data",
+    "pretty_midi": "audio",
+    "fluidsynth": "audio",
+    "matplotlib": "audio",
+}
+
+
+def _missing_package(exc: ImportError) -> str:
+    """``NAME is not installed (...): pip install 'gramophone[EXTRA]'`` for an ImportError."""
+    name = (exc.name or "").split(".")[0]
+    if not name:
+        return str(exc)
+    extra = _EXTRAS.get(name)
+    hint = f": pip install 'gramophone[{extra}]'" if extra else ""
+    return f"{name} is not installed or cannot be imported ({exc}){hint}"
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ __all__ = [
     "DecodingError",
     "GrammarError",
     "GramophoneError",
+    "MissingDependencyError",
     "TokenFileError",
     "UnsupportedConfigError",
 ]
@@ -44,3 +45,8 @@ class DecodingError(GramophoneError, ValueError):
 
 class BackendUnavailableError(GramophoneError, ImportError):
     """A backend was asked for whose framework is not installed (or an unknown name)."""
+
+
+class MissingDependencyError(GramophoneError, ImportError):
+    """An optional package that a feature needs is not installed; the message says what to
+    install (``pip install 'gramophone[EXTRA]'``)."""

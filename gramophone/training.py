@@ -37,13 +37,14 @@ hard-masked decoding samples from).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,13 +52,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from gramophone.backends.config import ModelConfig, TrainConfig, get_preset
-from gramophone.data.cache import atomic_write_bytes
+from gramophone._files import atomic_write, atomic_write_bytes
+from gramophone.backends.config import ModelConfig, TrainConfig, get_preset, learning_rate
 from gramophone.data.dataset import DataConfig, Dataset, TokenSplit, load_dataset, train_batch
 from gramophone.errors import CheckpointError, GramophoneError
 
 if TYPE_CHECKING:
-    from miditok import REMI
+    from miditok import MusicTokenizer
 
     from gramophone.backends import Backend
     from gramophone.grammar import Automaton
@@ -100,12 +101,14 @@ class TrainingError(GramophoneError, ValueError):
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a run: model shape, optimisation, data; ``source`` says
-    where it came from (``preset chorales``, ``config FILE``, ``checkpoint DIR``)."""
+    where it came from (``preset chorales``, ``config FILE``, ``checkpoint DIR``);
+    ``notes``: what was changed on the way (a warmup shortened to fit ``--steps``)."""
 
     model: ModelConfig
     train: TrainConfig
     data: DataConfig = field(default_factory=DataConfig)
     source: str = ""
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +116,8 @@ class RunConfig:
             "train": self.train.to_dict(),
             "data": self.data.to_dict(),
             "source": self.source,
+            "schedule": schedule_dict(self.train),
+            "notes": list(self.notes),
         }
 
 
@@ -127,7 +132,8 @@ def resolve_config(
     The file holds ``{"model": {...}, "train": {...}, "data": {...}}``: fields of
     :class:`ModelConfig` (``vocab_size`` may be left out: it is the tokenizer's),
     :class:`TrainConfig` (defaults for what is left out) and :class:`DataConfig`
-    (optional). ``steps`` replaces ``train.total_steps`` (and caps the warmup).
+    (optional). ``steps`` replaces ``train.total_steps``; a warmup longer than that is
+    shortened to it, which ``notes`` says.
     Every problem is one :class:`TrainingError` line naming the file or preset.
     """
     if preset is not None and config_file is not None:
@@ -171,20 +177,52 @@ def resolve_config(
         except ValueError as exc:
             raise TrainingError(str(exc)) from None
         model, train, source = p.model_config(vocab_size), p.train, f"preset {name}"
-    if steps is not None:
-        train = with_steps(train, steps)
     if train.seq_len > model.max_len:
         raise TrainingError(
             f"{source}: train.seq_len ({train.seq_len}) exceeds model.max_len ({model.max_len})"
         )
-    return RunConfig(model, train, data, source)
+    run = RunConfig(model, train, data, source)
+    return run if steps is None else _run_with_steps(run, steps)
 
 
 def with_steps(train: TrainConfig, steps: int) -> TrainConfig:
-    """``train`` with ``total_steps = steps`` (warmup capped at ``steps``)."""
+    """``train`` with ``total_steps = steps``, its warmup shortened to ``steps`` when longer
+    (:func:`_run_with_steps` says so in the run's notes)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise TrainingError(f"--steps must be a positive integer, got {steps!r}")
     return train.replace(total_steps=steps, warmup_steps=min(train.warmup_steps, steps))
+
+
+def _run_with_steps(run: RunConfig, steps: int) -> RunConfig:
+    """``run`` over ``steps`` updates, with a note when that shortens the warmup."""
+    train = with_steps(run.train, steps)
+    notes = run.notes
+    if train.warmup_steps < run.train.warmup_steps:
+        notes += (
+            f"--steps {steps} is shorter than the warmup of {run.train.warmup_steps} steps: "
+            f"warmup shortened to {train.warmup_steps} steps",
+        )
+    return dataclasses.replace(run, train=train, notes=notes)
+
+
+def schedule_dict(train: TrainConfig) -> dict[str, Any]:
+    """The learning-rate schedule of ``train`` (:func:`~gramophone.backends.learning_rate`),
+    fixed when a run starts: what ``run.json`` records."""
+    return {
+        "kind": "linear warmup, cosine decay",
+        "peak_lr": train.lr,
+        "warmup_steps": train.warmup_steps,
+        "total_steps": train.total_steps,
+        "final_lr": train.lr * train.min_lr_ratio,
+    }
+
+
+def describe_schedule(train: TrainConfig) -> str:
+    """``schedule_dict`` in words, for messages."""
+    return (
+        f"{train.total_steps} steps: warmup {train.warmup_steps}, peak {train.lr:g}, "
+        f"cosine decay to {train.lr * train.min_lr_ratio:g}"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -251,8 +289,11 @@ def _prune(run_dir: Path, keep: Path) -> None:
     root = run_dir / CHECKPOINTS
     steps = sorted(p for p in root.glob("step-*") if p.is_dir())
     for path in steps[:-KEEP_CHECKPOINTS]:
-        if path != keep:
-            shutil.rmtree(path, ignore_errors=True)
+        if path != keep:  # hidden first (one rename), so an interrupted delete leaves no step-*
+            gone = path.parent / f".{path.name}.old-{os.getpid()}"
+            with contextlib.suppress(OSError):
+                os.replace(path, gone)
+                shutil.rmtree(gone, ignore_errors=True)
     for path in root.glob(".step-*"):  # temporary folders of killed runs
         shutil.rmtree(path, ignore_errors=True)
 
@@ -359,10 +400,10 @@ def plot_metrics(run_dir: str | os.PathLike[str]) -> Path | None:
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     path = run_dir / PLOT_FILE
-    tmp = run_dir / f".{PLOT_FILE}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:  # interrupted or a write error: no half-written picture left
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -471,6 +512,165 @@ def _check_resume_config(given: RunConfig | None, stored: RunConfig, steps: int 
         )
 
 
+def _note(message: str) -> None:
+    print(f"gramophone: note: {message}", file=sys.stderr)
+
+
+def _resumed_run(
+    stored: RunConfig, run_dir: Path, start: int, steps: int | None, reschedule: bool
+) -> tuple[RunConfig, tuple[str, ...]]:
+    """The run to resume at step ``start``: ``stored`` with its notes from ``run.json``, its
+    schedule unchanged, or (``reschedule``) over ``steps`` updates; and the new notes."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        old = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))["notes"]
+        stored = dataclasses.replace(stored, notes=tuple(str(n) for n in old))
+    was = stored.train
+    if steps is None or steps == was.total_steps:
+        if reschedule:
+            raise TrainingError(f"--reschedule needs --steps other than the run's own ({was.total_steps})")
+        return stored, ()
+    if steps < start:
+        raise TrainingError(f"{run_dir}: the run is at step {start}, beyond --steps {steps}")
+    if not reschedule:
+        raise TrainingError(
+            f"{run_dir}: the learning-rate schedule was fixed when the run started "
+            f"({describe_schedule(was)}); to train to step {steps}, add --reschedule (the cosine "
+            f"decay then ends at step {steps}), or leave out --steps to finish the run as planned"
+        )
+    run = _run_with_steps(stored, steps)
+    now = run.train
+    note = (
+        f"schedule changed at step {start}: from {describe_schedule(was)} to {describe_schedule(now)}; "
+        f"the learning rate of update {start + 1} is {learning_rate(start, now):.3g} "
+        f"(was {learning_rate(start, was):.3g})"
+    )
+    run = dataclasses.replace(run, notes=(*run.notes, note))
+    return run, run.notes[len(stored.notes) :]
+
+
+@dataclass
+class _Start:
+    """Where a run starts: its config, the backend's state at ``step``, the metrics kept,
+    the checkpoint resumed from and the notes to show."""
+
+    run: RunConfig
+    state: Any
+    step: int
+    records: list[dict[str, Any]]
+    checkpoint: Path | None
+    notes: tuple[str, ...]
+
+
+def _resume_start(
+    be: Backend,
+    run_dir: Path,
+    *,
+    config: RunConfig | None,
+    steps: int | None,
+    reschedule: bool,
+    fits: Callable[[Any, Path], None],
+) -> _Start:
+    """The state of the run in ``run_dir`` at its last checkpoint (``fits(info, path)``
+    checks the checkpoint against the tokenizer and grammar)."""
+    from gramophone.backends import checkpoint as ckpt
+
+    existing = latest_checkpoint(run_dir)
+    if existing is None:
+        raise TrainingError(f"{run_dir}: no checkpoint to resume from (start without --resume)")
+    info = ckpt.read_info(existing)
+    fits(info, existing)
+    if info.backend not in (None, be.name):
+        raise TrainingError(
+            f"{existing}: the run was trained with backend {info.backend!r}; resume it with "
+            f"--backend {info.backend} (its optimizer state is {info.backend}'s)"
+        )
+    stored = RunConfig(
+        info.model,
+        info.train or TrainConfig(),
+        DataConfig.from_dict(info.meta.get("data") or {}),
+        str(info.meta.get("source", f"checkpoint {existing}")),
+    )
+    _check_resume_config(config, stored, steps)
+    run, notes = _resumed_run(stored, run_dir, info.step, steps, reschedule)
+    state = be.load_state(existing, run.train)
+    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= info.step and not r.get("final")]
+    _rewrite_metrics(run_dir, records)
+    return _Start(run, state, info.step, records, existing, notes)
+
+
+def _fresh_start(
+    be: Backend,
+    run_dir: Path,
+    *,
+    config: RunConfig | None,
+    steps: int | None,
+    reschedule: bool,
+    vocab_size: int,
+) -> _Start:
+    """A new run: ``config`` (default: the default preset) over ``steps`` updates."""
+    existing = latest_checkpoint(run_dir)
+    if existing is not None:
+        raise TrainingError(
+            f"{run_dir}: already holds a training run ({existing.name}); "
+            "pass --resume to continue it, or choose another --out"
+        )
+    if reschedule:
+        raise TrainingError("--reschedule changes the schedule of a resumed run: use it with --resume")
+    run = config or resolve_config(vocab_size)
+    if steps is not None:
+        run = _run_with_steps(run, steps)
+    if run.model.vocab_size != vocab_size:
+        raise TrainingError(
+            f"model.vocab_size is {run.model.vocab_size} but the tokenizer has {vocab_size} tokens"
+        )
+    if run.train.seq_len > run.model.max_len:
+        raise TrainingError(
+            f"train.seq_len ({run.train.seq_len}) exceeds model.max_len ({run.model.max_len})"
+        )
+    state = be.init_state(be.init(run.model, seed=run.train.seed), run.train)
+    return _Start(run, state, 0, [], None, run.notes)
+
+
+class _RunFolder:
+    """The run folder while training: ``run.json``, ``metrics.jsonl`` (appended), the
+    checkpoints (each written whole, ``LATEST`` naming the newest, old ones pruned)."""
+
+    def __init__(self, run_dir: Path, be: Backend, start: _Start, tokenizer: MusicTokenizer) -> None:
+        self.path, self.be, self.tokenizer = run_dir, be, tokenizer
+        self.records = start.records
+        self.elapsed0 = float(self.records[-1].get("time", 0.0)) if self.records else 0.0
+        self.t0 = time.perf_counter()
+
+    def open(self, run: RunConfig, *, new: bool) -> None:
+        """Create the folder (a new run) and write ``run.json``; one-line errors."""
+        try:
+            if new:
+                self.path.mkdir(parents=True, exist_ok=True)
+                _rewrite_metrics(self.path, self.records)
+            atomic_write(
+                self.path / RUN_FILE, json.dumps({"backend": self.be.name, **run.to_dict()}, indent=2) + "\n"
+            )
+        except OSError as exc:  # named by the file in the way (os.replace's target), else the folder
+            where = exc.filename2 or (self.path if self.path.exists() else None) or exc.filename
+            raise TrainingError(f"{where}: cannot write the run folder ({exc.strerror})") from None
+
+    def log(self, record: dict[str, Any]) -> None:
+        record["time"] = round(self.elapsed0 + time.perf_counter() - self.t0, 3)
+        with open(self.path / METRICS_FILE, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        self.records.append(record)
+
+    def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> Path:
+        def fill(tmp: Path) -> None:
+            self.be.save_state(tmp, state, meta=meta)
+            self.tokenizer.save(tmp / TOKENIZER_FILE)
+
+        path = _write_dir_atomically(_step_dir(self.path, step), fill)
+        atomic_write(self.path / CHECKPOINTS / LATEST, path.name + "\n")
+        _prune(self.path, path)
+        return path
+
+
 def train(
     out: str | os.PathLike[str],
     *,
@@ -478,6 +678,7 @@ def train(
     config: RunConfig | None = None,
     resume: bool = False,
     steps: int | None = None,
+    reschedule: bool = False,
     stop_after: int | None = None,
     checkpoint_every: int = 100,
     eval_every: int | None = None,
@@ -485,21 +686,26 @@ def train(
     final_eval: bool = True,
     progress: bool = True,
     dataset: Dataset | None = None,
-    tokenizer: REMI | None = None,
+    tokenizer: MusicTokenizer | None = None,
     automaton: Automaton | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train (or resume) a model on the chorales into the run folder ``out``.
 
     ``config``: the run config (default: :data:`DEFAULT_PRESET`; on resume, the
     checkpoint's, and a different one is an error). ``steps`` replaces the total number
-    of updates (the schedule's length). ``stop_after``: stop after that many updates
-    (counted from 0, checkpointing there) without finishing, as an interruption would.
+    of updates. The learning-rate schedule (warmup, total steps, peak, decay) is fixed
+    when the run starts and stored with it; on resume it continues unchanged, and a
+    ``steps`` other than the run's own is an error unless ``reschedule`` (then the cosine
+    decay is recomputed to end at ``steps``, from the resumed step on). ``stop_after``:
+    stop after that many updates (counted from 0, checkpointing there) without
+    finishing, as an interruption would; resuming continues the same schedule.
+    ``on_note`` receives notes (a shortened warmup, a changed schedule; default: stderr).
     Checkpoints every ``checkpoint_every`` updates and at the end; validation (on a fixed
     subset of ``val_windows`` windows, all when ``None``) every ``eval_every`` (default:
     ``checkpoint_every``). At the end: ``model/`` (parameters only), and with
     ``final_eval`` the full validation and test NLL in ``eval.json``.
     """
-    from gramophone.backends import checkpoint as ckpt
     from gramophone.backends import get_backend
     from gramophone.models import check_compatible, checkpoint_meta
     from gramophone.tokenizers import load_tokenizer, model_automaton
@@ -508,121 +714,92 @@ def train(
         raise TrainingError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     be = get_backend(backend) if isinstance(backend, str) else backend
     run_dir = Path(out)
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
-    automaton = automaton if automaton is not None else model_automaton(tokenizer)
-    vocab_size = len(automaton.vocab)
-
-    existing = latest_checkpoint(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"{run_dir}: not a folder (--out names the run folder)")
+    tok = tokenizer if tokenizer is not None else load_tokenizer()
+    grammar = automaton if automaton is not None else model_automaton(tok)
     if resume:
-        if existing is None:
-            raise TrainingError(f"{run_dir}: no checkpoint to resume from (start without --resume)")
-        info = ckpt.read_info(existing)
-        check_compatible(info.meta, info.model.vocab_size, tokenizer, automaton, where=existing)
-        if info.backend not in (None, be.name):
-            raise TrainingError(
-                f"{existing}: the run was trained with backend {info.backend!r}; resume it with "
-                f"--backend {info.backend} (its optimizer state is {info.backend}'s)"
-            )
-        stored = RunConfig(
-            info.model,
-            info.train or TrainConfig(),
-            DataConfig.from_dict(info.meta.get("data") or {}),
-            str(info.meta.get("source", f"checkpoint {existing}")),
-        )
-        _check_resume_config(config, stored, steps)
-        run = (
-            stored
-            if steps is None
-            else RunConfig(stored.model, with_steps(stored.train, steps), stored.data, stored.source)
-        )
-        start = info.step
-        if run.train.total_steps < start:
-            raise TrainingError(
-                f"{existing}: the run is at step {start}, beyond --steps {run.train.total_steps}"
-            )
-        state = be.load_state(existing, run.train)
-        records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= start and not r.get("final")]
-        _rewrite_metrics(run_dir, records)
+        fits = lambda info, path: check_compatible(info.meta, info.model.vocab_size, tok, grammar, where=path)  # noqa: E731
+        start = _resume_start(be, run_dir, config=config, steps=steps, reschedule=reschedule, fits=fits)
     else:
-        if existing is not None:
-            raise TrainingError(
-                f"{run_dir}: already holds a training run ({existing.name}); "
-                "pass --resume to continue it, or choose another --out"
-            )
-        run = config or resolve_config(vocab_size)
-        if steps is not None:
-            run = RunConfig(run.model, with_steps(run.train, steps), run.data, run.source)
-        if run.model.vocab_size != vocab_size:
-            raise TrainingError(
-                f"model.vocab_size is {run.model.vocab_size} but the tokenizer has {vocab_size} tokens"
-            )
-        if run.train.seq_len > run.model.max_len:
-            raise TrainingError(
-                f"train.seq_len ({run.train.seq_len}) exceeds model.max_len ({run.model.max_len})"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        params = be.init(run.model, seed=run.train.seed)
-        state = be.init_state(params, run.train)
-        start = 0
-        records = []
-        _rewrite_metrics(run_dir, records)
-    atomic_write_bytes(
-        run_dir / RUN_FILE,
-        (json.dumps({"backend": be.name, **run.to_dict()}, indent=2) + "\n").encode(),
-    )
-
-    data = dataset if dataset is not None else load_dataset(tokenizer, automaton, run.data, progress=progress)
-    if data.automaton_hash != automaton.hash or tuple(data.vocab) != tuple(automaton.vocab):
+        start = _fresh_start(
+            be, run_dir, config=config, steps=steps, reschedule=reschedule, vocab_size=len(grammar.vocab)
+        )
+    for note in start.notes:
+        (on_note or _note)(note)
+    # The data before the run folder: a corpus that cannot be built leaves nothing behind.
+    data = dataset if dataset is not None else load_dataset(tok, grammar, start.run.data, progress=progress)
+    if data.automaton_hash != grammar.hash or tuple(data.vocab) != tuple(grammar.vocab):
         raise TrainingError("the dataset was built for another tokenizer or grammar")
+    folder = _RunFolder(run_dir, be, start, tok)
+    folder.open(start.run, new=not resume)
     meta = checkpoint_meta(
-        tokenizer, automaton, data=run.data.to_dict(), corpus=data.corpus, source=run.source
+        tok, grammar, data=start.run.data.to_dict(), corpus=data.corpus, source=start.run.source
     )
-    tc = run.train
+    tc = start.run.train
     end = tc.total_steps if stop_after is None else min(tc.total_steps, stop_after)
-    eval_every = eval_every or checkpoint_every
+    state, last, last_ckpt = _train_loop(
+        folder,
+        start,
+        data,
+        meta,
+        end=end,
+        checkpoint_every=checkpoint_every,
+        eval_every=eval_every or checkpoint_every,
+        val_windows=val_windows,
+        progress=progress,
+    )
+    step_reached = max(start.step, end)
+    if step_reached < tc.total_steps:  # stopped early on purpose: no export
+        return TrainResult(run_dir, step_reached, last_ckpt, None, {}, last)
+    if last_ckpt is None or be.state_step(state) != step_reached:
+        last_ckpt = folder.save(step_reached, state, meta)
+    evaluation = _final_evaluation(folder, state, data, start.run, step_reached) if final_eval else {}
+    extra = {"evaluation": evaluation} if evaluation else None
+    model_dir = export_model(last_ckpt, run_dir / MODEL_DIR, extra_meta=extra)
+    plot_metrics(run_dir)
+    return TrainResult(run_dir, step_reached, last_ckpt, model_dir, evaluation, last)
+
+
+def _train_loop(
+    folder: _RunFolder,
+    start: _Start,
+    data: Dataset,
+    meta: Mapping[str, Any],
+    *,
+    end: int,
+    checkpoint_every: int,
+    eval_every: int,
+    val_windows: int | None,
+    progress: bool,
+) -> tuple[Any, dict[str, float], Path | None]:
+    """Updates ``start.step + 1 .. end``: log each, validate every ``eval_every``,
+    checkpoint every ``checkpoint_every`` and at ``end``. Returns the state, the last
+    update's metrics and the last checkpoint."""
+    be, tc, state = folder.be, start.run.train, start.state
+    split, val = data["train"], data["validation"]
     eval_batch = max(1, EVAL_TOKENS // tc.seq_len)
-    elapsed0 = float(records[-1].get("time", 0.0)) if records else 0.0
-    t0 = time.perf_counter()
-    last_ckpt = existing if resume else None
-
-    def save(step: int) -> Path:
-        def fill(tmp: Path) -> None:
-            be.save_state(tmp, state, meta=meta)
-            tokenizer.save(tmp / TOKENIZER_FILE)
-
-        path = _write_dir_atomically(_step_dir(run_dir, step), fill)
-        atomic_write_bytes(run_dir / CHECKPOINTS / LATEST, (path.name + "\n").encode())
-        _prune(run_dir, path)
-        return path
-
-    def log(record: dict[str, Any]) -> None:
-        record["time"] = round(elapsed0 + time.perf_counter() - t0, 3)
-        with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        records.append(record)
-
-    split = data["train"]
-    val = data["validation"]
     last: dict[str, float] = {}
+    last_ckpt = start.checkpoint
+    ema: float | None = None
     bar = tqdm(
         total=tc.total_steps,
-        initial=start,
+        initial=start.step,
         desc=f"train ({be.name})",
         unit="step",
         file=sys.stderr,
         disable=not progress,
         dynamic_ncols=True,
     )
-    ema: float | None = None
     with bar:
-        for step in range(start, end):
+        for step in range(start.step, end):
             ts = time.perf_counter()
             batch = train_batch(split, tc.seq_len, tc.batch_size, tc.seed, step)
             state, metrics = be.train_step(state, batch)
             dt = time.perf_counter() - ts
             done = step + 1
             last = {k: float(v) for k, v in metrics.items()}
-            log(
+            folder.log(
                 {
                     "step": done,
                     "split": "train",
@@ -634,37 +811,33 @@ def train(
             bar.update(1)
             postfix = {"loss": f"{ema:.3f}"}
             if done % eval_every == 0 or done == end:
+                params = be.state_params(state)
                 v = evaluate_split(
-                    be,
-                    be.state_params(state),
-                    val,
-                    tc.seq_len,
-                    batch_size=eval_batch,
-                    max_windows=val_windows,
+                    be, params, val, tc.seq_len, batch_size=eval_batch, max_windows=val_windows
                 )
-                log({"step": done, "split": "validation", "subset": val_windows, **v})
+                folder.log({"step": done, "split": "validation", "subset": val_windows, **v})
                 postfix["val_nll"] = f"{v['nll']:.3f}"
-                if done < tc.total_steps:  # the finished run is plotted once, below
-                    plot_metrics(run_dir)
+                if done < tc.total_steps:  # the finished run is plotted once, at the end
+                    plot_metrics(folder.path)
             bar.set_postfix(postfix)
             if done % checkpoint_every == 0 or done == end:
-                last_ckpt = save(done)
-    step_reached = max(start, end)
-    if step_reached < tc.total_steps:  # stopped early on purpose: no export
-        return TrainResult(run_dir, step_reached, last_ckpt, None, {}, last)
+                last_ckpt = folder.save(done, state, meta)
+    return state, last, last_ckpt
 
-    if last_ckpt is None or be.state_step(state) != step_reached:
-        last_ckpt = save(step_reached)
+
+def _final_evaluation(
+    folder: _RunFolder, state: Any, data: Dataset, run: RunConfig, step: int
+) -> dict[str, dict[str, float]]:
+    """Full validation and test NLL, logged and written to ``eval.json``."""
+    be, seq_len = folder.be, run.train.seq_len
+    params = be.state_params(state)
     evaluation: dict[str, dict[str, float]] = {}
-    if final_eval:
-        params = be.state_params(state)
-        for name in ("validation", "test"):
-            evaluation[name] = evaluate_split(be, params, data[name], tc.seq_len, batch_size=eval_batch)
-            log({"step": step_reached, "split": name, "final": True, **evaluation[name]})
-        report = {"step": step_reached, "backend": be.name, "source": run.source, **evaluation}
-        report["train_time_s"] = records[-1]["time"] if records else 0.0
-        atomic_write_bytes(run_dir / EVAL_FILE, (json.dumps(report, indent=2) + "\n").encode())
-    extra = {"evaluation": evaluation} if evaluation else None
-    model_dir = export_model(last_ckpt, run_dir / MODEL_DIR, extra_meta=extra)
-    plot_metrics(run_dir)
-    return TrainResult(run_dir, step_reached, last_ckpt, model_dir, evaluation, last)
+    for name in ("validation", "test"):
+        evaluation[name] = evaluate_split(
+            be, params, data[name], seq_len, batch_size=max(1, EVAL_TOKENS // seq_len)
+        )
+        folder.log({"step": step, "split": name, "final": True, **evaluation[name]})
+    report = {"step": step, "backend": be.name, "source": run.source, **evaluation}
+    report["train_time_s"] = folder.records[-1]["time"] if folder.records else 0.0
+    atomic_write(folder.path / EVAL_FILE, json.dumps(report, indent=2) + "\n")
+    return evaluation

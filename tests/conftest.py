@@ -132,7 +132,7 @@ COMPOSER_WORKS: tuple[tuple[str, int | None], ...] = (
 
 
 def _composer_work_path(name: str, number: int | None) -> Path:
-    from gramophone._paths import cache_dir
+    from gramophone._files import cache_dir
 
     stem = name.replace("/", "-") + (f"-{number}" if number is not None else "")
     return cache_dir() / "composers-v1" / f"{stem}.mid"
@@ -206,7 +206,7 @@ def composer_midis() -> list[Path]:
     """Every work of :data:`COMPOSER_WORKS` as MIDI, converted once into the gramophone
     cache (``cache_dir()/composers-v1``, atomically; a minute or two the first time). A work
     music21 cannot convert fails the fixture: the list never shrinks silently."""
-    from gramophone.data.cache import atomic_write_bytes, remove_stale_temp_files
+    from gramophone._files import atomic_write_bytes, remove_stale_temp_files
     from gramophone.data.chorales import _music21_scratch, _scratch_dir
 
     paths = [_composer_work_path(name, number) for name, number in COMPOSER_WORKS]

@@ -155,38 +155,86 @@ def time_ok(grammar: RemiGrammar, tokens: Sequence[str], tokenizer: Any = None) 
     return True
 
 
-def order_ok(grammar: RemiGrammar, tokens: Sequence[str]) -> bool:
-    """With remove_duplicated_notes: at one onset programs ascend and pitches strictly
-    ascend within a program; a chord only before the first note of its program."""
-    if not grammar.remove_duplicated_notes:
-        return True
+def runs_ok(
+    tokens: Sequence[str],
+    onset_kinds: Sequence[str],
+    run_kinds: Sequence[str],
+    first_kinds: Sequence[str] = ("Chord",),
+) -> bool:
+    """The notes of one onset as miditok's encoder writes them with remove_duplicated_notes
+    and programs in one stream: it merges the tracks of one program
+    (``merge_same_program_tracks``), sorts each track's notes by time then pitch and removes
+    duplicates (``_preprocess_notes``), then sorts the events of all tracks by time only,
+    stably (``_score_to_tokens``). So at one onset (between ``onset_kinds`` tokens) each
+    program's events (its ``run_kinds`` tokens, and what follows them) come together and
+    once, in the order of the tracks, whatever their programs; pitches strictly ascend within
+    a program's run; ``first_kinds`` (a Chord; in TSD a PitchBend too) only before the first
+    note of its run. Without programs the whole onset is one run."""
     program: int | None = None
     last: int | None = None
+    done: set[int] = set()
     for tok in tokens:
         kind, _, value = tok.partition("_")
-        if kind in ("Position", "Bar", "Rest"):
-            program, last = None, None
+        if kind in onset_kinds:
+            program, last, done = None, None, set()
         elif kind in ("Pitch", "PitchDrum"):
-            p = int(value)
-            if last is not None and p <= last:
+            if last is not None and int(value) <= last:
                 return False
-            last = p
-        elif kind == "Chord":
-            if last is not None:
+            last = int(value)
+        elif kind in first_kinds and last is not None:
+            return False
+        elif kind in run_kinds and int(value) != program:
+            if int(value) in done:
                 return False
-        elif grammar.use_programs and kind in ("Program", "Pedal", "PedalOff"):
-            q = int(value)
-            if program is not None and q < program:
+            program, last = int(value), None
+            done.add(program)
+    return True
+
+
+def order_ok(grammar: RemiGrammar, tokens: Sequence[str]) -> bool:
+    """With remove_duplicated_notes: the notes of one onset as miditok writes them
+    (:func:`runs_ok`; Pedal and PedalOff tokens name their program too)."""
+    if not grammar.remove_duplicated_notes:
+        return True
+    runs = ("Program", "Pedal", "PedalOff") if grammar.use_programs else ()
+    return runs_ok(tokens, ("Position", "Bar", "Rest"), runs)
+
+
+def drums_ok(tokens: Sequence[str], drum_pitches: bool) -> bool:
+    """``drum_pitches`` (programs and ``use_pitchdrum_tokens``): miditok's encoder
+    (``_create_track_events``) writes each note after its Program token, a drum track's
+    (program -1) as PitchDrum (REMI, TSD, Structured) or DrumOn/DrumOff (MIDILike), every
+    other track's as Pitch or NoteOn/NoteOff, and detects chords only on tracks that are not
+    drums."""
+    if not drum_pitches:
+        return True
+    program: int | None = None
+    for tok in tokens:
+        kind, _, value = tok.partition("_")
+        if kind == "Program":
+            program = int(value)
+        elif program is not None:
+            drum = kind in ("PitchDrum", "DrumOn", "DrumOff")
+            melodic = kind in ("Pitch", "NoteOn", "NoteOff", "Chord")
+            if (drum and program != -1) or (melodic and program == -1):
                 return False
-            if program is None or q > program:
-                program, last = q, None
     return True
 
 
 def reference_accepts(grammar: RemiGrammar, tokens: Sequence[str], tokenizer: Any = None) -> bool:
     """Lark accepts the syntax and every plain-Python constraint passes (time in
-    ``tokenizer``'s ticks when given, else in miditok's, rebuilt from the config)."""
-    return lark_accepts(grammar, tokens) and time_ok(grammar, tokens, tokenizer) and order_ok(grammar, tokens)
+    ``tokenizer``'s ticks when given, else in miditok's, rebuilt from the config; the drum
+    rule from ``tokenizer``'s config when given)."""
+    if tokenizer is not None:
+        drum_pitches = bool(tokenizer.config.use_programs and tokenizer.config.use_pitchdrum_tokens)
+    else:
+        drum_pitches = grammar.drum_pitches
+    return (
+        lark_accepts(grammar, tokens)
+        and time_ok(grammar, tokens, tokenizer)
+        and order_ok(grammar, tokens)
+        and drums_ok(tokens, drum_pitches)
+    )
 
 
 def miditok_errors(tokenizer: object, ids: Sequence[int]) -> float:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from lark.exceptions import LarkError
 
-from tests.reference import lark_parser
+from tests.reference import drums_ok, lark_parser
 
 NOTE_ON = ("NoteOn", "DrumOn")
 NOTE_OFF = ("NoteOff", "DrumOff")
@@ -80,13 +80,21 @@ def duplicates_ok(tokens: Sequence[str], remove_duplicated_notes: bool, ascendin
 
 
 def reference_accepts(
-    text: str, tokens: Sequence[str], *, max_open: int, remove_duplicated_notes: bool, ascending: bool
+    text: str,
+    tokens: Sequence[str],
+    *,
+    max_open: int,
+    remove_duplicated_notes: bool,
+    ascending: bool,
+    drum_pitches: bool = False,
 ) -> bool:
-    """Lark accepts the syntax and every plain-Python constraint passes."""
+    """Lark accepts the syntax and every plain-Python constraint passes (``drum_pitches``:
+    programs with DrumOn/DrumOff tokens, :func:`tests.reference.drums_ok`)."""
     return (
         lark_accepts(text, tokens)
         and pairing_ok(tokens, max_open)
         and duplicates_ok(tokens, remove_duplicated_notes, ascending)
+        and drums_ok(tokens, drum_pitches)
     )
 
 

@@ -6,8 +6,8 @@ The note-order reference is written from what miditok's encoder does (not from
 ``TimeShift_0.0.1`` between notes that start together; with ``remove_duplicated_notes``
 ``MusicTokenizer._preprocess_notes`` sorts each track's notes by (time, pitch) and drops
 repeated (time, pitch) pairs; with programs in one stream miditok merges the tracks of one
-program and keeps the track order for notes at one time (a stable sort by time), which
-``gramophone.tokenizers.encode_score`` makes ascending by program, drums (-1) first.
+program and keeps the track order for notes at one time (a stable sort by time): each
+program's notes of one onset come together, once, in the order of the score's tracks.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from lark.exceptions import LarkError
 
 from gramophone.grammar.structured import StructuredGrammar
-from tests.reference import lark_parser, miditok_errors, pruned_lark
+from tests.reference import lark_parser, miditok_errors, pruned_lark, runs_ok
 
 __all__ = [
     "lark_accepts",
@@ -39,24 +39,13 @@ def lark_accepts(grammar: StructuredGrammar, tokens: Sequence[str]) -> bool:
 
 
 def order_ok(grammar: StructuredGrammar, tokens: Sequence[str]) -> bool:
-    """With remove_duplicated_notes: the notes of one onset (a run joined by
-    ``TimeShift_0.0.1``) have strictly increasing (program, pitch) keys."""
+    """With remove_duplicated_notes: at one onset (notes joined by ``TimeShift_0.0.1``) each
+    program's notes come together and once, pitches strictly ascending
+    (:func:`tests.reference.runs_ok`; every other TimeShift starts a new onset)."""
     if not grammar.remove_duplicated_notes:
         return True
-    program = 0  # without programs every note is in one track
-    previous: tuple[int, int] | None = None
-    for tok in tokens:
-        kind, _, value = tok.partition("_")
-        if kind == "TimeShift" and value != "0.0.1":
-            previous = None
-        elif kind == "Program":
-            program = int(value)
-        elif kind in ("Pitch", "PitchDrum"):
-            key = (program, int(value))
-            if previous is not None and key <= previous:
-                return False
-            previous = key
-    return True
+    joined = ["Join" if t == "TimeShift_0.0.1" else t for t in tokens]  # not a new onset
+    return runs_ok(joined, ("TimeShift",), ("Program",) if grammar.use_programs else ())
 
 
 def reference_accepts(grammar: StructuredGrammar, tokens: Sequence[str]) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 from lark.exceptions import LarkError
 
 from gramophone.grammar.tsd import TsdGrammar
-from tests.reference import lark_parser
+from tests.reference import drums_ok, lark_parser, runs_ok
 
 _SPECIALS = ("BOS", "EOS", "PAD", "MASK")
 #: Token types after which miditok's decoder sets the previous note end to at least now.
@@ -117,34 +117,23 @@ def time_ok(tokenizer: Any, tokens: Sequence[str]) -> bool:
 
 
 def order_ok(tokenizer: Any, tokens: Sequence[str]) -> bool:
-    """With remove_duplicated_notes: at one time (between TimeShift/Rest tokens) programs
-    ascend and pitches strictly ascend within a program (miditok sorts a track's notes by
-    time then pitch before removing duplicates; tracks come sorted by program); a program's
-    Chord and PitchBend come before its first note."""
+    """With remove_duplicated_notes: the notes of one time (between TimeShift/Rest tokens)
+    as miditok writes them (:func:`tests.reference.runs_ok`: each program's run together and
+    once, pitches strictly ascending in it); a program's Chord and PitchBend come before the
+    first note of its run."""
     cfg = tokenizer.config
     if not cfg.remove_duplicated_notes:
         return True
-    program: int | None = None
-    last: int | None = None
-    for tok in tokens:
-        kind, _, value = tok.partition("_")
-        if kind in ("TimeShift", "Rest"):
-            program, last = None, None
-        elif kind == "Program":
-            q = int(value)
-            if program is not None and q < program:
-                return False
-            if program is None or q > program:
-                program, last = q, None
-        elif kind in ("Pitch", "PitchDrum"):
-            if last is not None and int(value) <= last:
-                return False
-            last = int(value)
-        elif kind in ("Chord", "PitchBend") and last is not None:
-            return False
-    return True
+    runs = ("Program", "Pedal", "PedalOff") if cfg.use_programs else ()
+    return runs_ok(tokens, ("TimeShift", "Rest"), runs, ("Chord", "PitchBend"))
 
 
 def reference_accepts(grammar: TsdGrammar, tokenizer: Any, tokens: Sequence[str]) -> bool:
     """Lark accepts the syntax and every plain-Python constraint passes."""
-    return lark_accepts(grammar, tokens) and time_ok(tokenizer, tokens) and order_ok(tokenizer, tokens)
+    cfg = tokenizer.config
+    return (
+        lark_accepts(grammar, tokens)
+        and time_ok(tokenizer, tokens)
+        and order_ok(tokenizer, tokens)
+        and drums_ok(tokens, cfg.use_programs and cfg.use_pitchdrum_tokens)
+    )

@@ -12,13 +12,14 @@ import itertools
 import subprocess
 import sys
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from gramophone.bench import peers
-from gramophone.bench.peer_grammars import (
+from benchmarks import peers
+from benchmarks.peer_grammars import (
     LEVELS,
     RemiTokens,
     peer_tokens,
@@ -242,8 +243,8 @@ def test_mask_step_records_walk_real_tokens() -> None:
 
 def test_importing_peers_imports_no_framework() -> None:
     code = (
-        "import sys, gramophone, gramophone.bench.peers;"
+        "import sys, gramophone, benchmarks.peers;"
         "bad = [m for m in ('torch', 'jax', 'xgrammar', 'llguidance', 'outlines_core') if m in sys.modules];"
         "assert not bad, bad"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -254,3 +254,20 @@ def test_a_checkpoint_is_not_refused_over_a_respelled_grammar() -> None:
     broken = Automaton(auto.vocab, auto.components[:-1])
     with pytest.raises(Exception, match="grammar mismatch"):
         check_compatible(info.meta, info.model.vocab_size, tok, broken)
+
+
+def test_the_lark_loader_contract_the_compiler_reads() -> None:
+    """The compiler reads lark's grammar loader (``lark.load_grammar``, outside lark's
+    documented API; pyproject.toml bounds the versions): rule definitions as (name, params,
+    EBNF tree, options), terminal definitions as (name, (tree, priority)). A lark release that
+    changes them fails here by name, not somewhere inside a compile."""
+    import lark
+    from lark.load_grammar import load_grammar
+
+    grammar, _ = load_grammar('start: "A_1" x?\nx: B\nB: /B_\\w/\n', "<contract>", [], False)
+    rules = {str(name): (params, tree) for name, params, tree, _options in grammar.rule_defs}
+    assert set(rules) == {"start", "x"} and not rules["start"][0], lark.__version__
+    assert rules["start"][1].data == "expansions"
+    terms = dict(grammar.term_defs)
+    assert set(terms) >= {"B"} and terms["B"][0] is not None, lark.__version__
+    assert compile_grammar('start: "A_1" x?\nx: B\nB: /B_\\w/\n', ["A_1", "B_x", "C"]).start == 0

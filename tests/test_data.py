@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from symusic.core import NoteTick, ScoreTick, TempoTick, TimeSignatureTick, TrackTick
 
-from gramophone.data import cache, chorale_midis, chorale_names, chorale_path, chorales, split_names
+from gramophone import _files as cache
+from gramophone.data import chorale_midis, chorale_names, chorale_path, chorales, split_names
 
 # ---------------------------------------------------------------------------------------
 # Splits

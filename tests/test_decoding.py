@@ -38,14 +38,15 @@ from gramophone.decoding import (
     Sampling,
     decoding_tables,
     prepare_prompt,
-    rules,
     sample_numpy,
 )
+from gramophone.decoding.distance import layered_distance
 from gramophone.decoding.driver import check_budget, split_batches
+from gramophone.decoding.framing import decoding_automaton
 from gramophone.decoding.loop import backend_model
-from gramophone.decoding.tables import decoding_automaton, layered_distance
 from gramophone.errors import DecodingError
 from gramophone.grammar import REJECT, Automaton, Component, compile_grammar, fsa
+from gramophone.kernels import numpy as numpy_kernels
 from gramophone.models import checkpoint_meta
 from gramophone.tokenizers import decode_ids
 from tests.conftest import CONFIGS, automaton_for, grammar_for, tokenizer_for
@@ -347,9 +348,9 @@ def test_rules_never_choose_a_forbidden_token_and_filter_as_specified(
     logits, allowed = rows
     B = len(logits)
     with np.errstate(over="ignore", invalid="ignore"):
-        x = rules.sanitize(logits, allowed)
+        x = numpy_kernels.sanitize(logits, allowed)
         gumbel = np.random.default_rng(seed).gumbel(size=logits.shape).astype(np.float32)
-        tok = rules.choose(logits, allowed, sampling, gumbel)
+        tok = numpy_kernels.choose(logits, allowed, sampling, gumbel)
     assert (x[~allowed] == -np.inf).all()
     assert (np.where(allowed, x, -np.inf).max(axis=1) == 0.0).all()
     assert allowed[np.arange(B), tok].all()
@@ -361,10 +362,10 @@ def test_rules_never_choose_a_forbidden_token_and_filter_as_specified(
         kept_rows = tempered
         if sampling.uses_top_k:
             assert sampling.top_k is not None
-            kept_rows = rules.apply_top_k(kept_rows, sampling.top_k)
+            kept_rows = numpy_kernels.apply_top_k(kept_rows, sampling.top_k)
         if sampling.uses_top_p:
             assert sampling.top_p is not None
-            kept_rows = rules.apply_top_p(kept_rows, sampling.top_p)
+            kept_rows = numpy_kernels.apply_top_p(kept_rows, sampling.top_p)
     for b in range(B):
         kept = set(np.nonzero(kept_rows[b] > -np.inf)[0].tolist())
         assert int(tok[b]) in kept
@@ -394,9 +395,9 @@ def _near_top_p_boundary(x: list[float], sampling: Sampling) -> bool:
 def test_rules_sanitize_handles_degenerate_rows() -> None:
     allowed = np.array([[True, True, False, True]])
     for value in (-math.inf, math.nan, math.inf, 1e30):
-        x = rules.sanitize(np.full((1, 4), value, np.float32), allowed)
+        x = numpy_kernels.sanitize(np.full((1, 4), value, np.float32), allowed)
         assert x[0].tolist() == [0.0, 0.0, -math.inf, 0.0]  # uniform over the allowed tokens
-    x = rules.sanitize(np.array([[math.inf, 1.0, math.inf, math.nan]], np.float32), allowed)
+    x = numpy_kernels.sanitize(np.array([[math.inf, 1.0, math.inf, math.nan]], np.float32), allowed)
     assert x[0, 0] == 0 and x[0, 1] < 0 and x[0, 2] == -math.inf and x[0, 3] < 0
 
 
@@ -415,8 +416,8 @@ def test_device_rules_match_the_numpy_reference(
     logits, allowed = rows
     gumbel = np.random.default_rng(seed).gumbel(size=logits.shape).astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
-        want = rules.choose(logits, allowed, sampling, gumbel)
-        x = rules.sanitize(logits, allowed)
+        want = numpy_kernels.choose(logits, allowed, sampling, gumbel)
+        x = numpy_kernels.sanitize(logits, allowed)
     got = _device_choose(backend, logits, allowed, sampling, gumbel)
     for b in range(len(want)):
         if got[b] != want[b]:
@@ -430,7 +431,7 @@ def test_device_rules_match_the_numpy_reference(
 def _jitted_choose() -> Any:
     import jax
 
-    from gramophone.decoding.jax_loop import choose
+    from gramophone.kernels.jax import choose
 
     return jax.jit(choose)
 
@@ -441,7 +442,7 @@ def _device_choose(
     if backend == "torch":
         import torch
 
-        from gramophone.decoding.torch_loop import choose
+        from gramophone.kernels.torch import choose
 
         out = choose(
             torch.from_numpy(logits), torch.from_numpy(~allowed), sampling, gumbel=torch.from_numpy(gumbel)
@@ -450,7 +451,7 @@ def _device_choose(
     import jax
     import jax.numpy as jnp
 
-    from gramophone.decoding.jax_loop import SamplingArrays
+    from gramophone.kernels.jax import SamplingArrays
 
     return np.asarray(
         _jitted_choose()(

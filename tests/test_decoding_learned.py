@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gramophone.decoding import DecodeRequest, Sampling, decoding_tables, prepare_prompt, sample_numpy
-from gramophone.decoding.tables import decoding_automaton
+from gramophone.decoding.framing import decoding_automaton
 from gramophone.grammar import REJECT, compile_tokenizer, derive, fsa
 from gramophone.kernels import numpy as kernels
 from gramophone.tokenizers.learned import LearnedVocab, learned_vocab

@@ -111,9 +111,7 @@ def test_device_loops_on_other_schemes(backend: str, scheme: str, model: str | N
 
     tok = tokenizer(scheme, model)
     tables = tables_for(tok)
-    config = ModelConfig(
-        vocab_size=tables.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=64
-    )
+    config = ModelConfig(vocab_size=tables.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=64)
     be = get_backend(backend)
     params = be.from_numpy(init_weights(config, 0), config)
     p = prepare_prompt(tables, compile_tokenizer(tok))

@@ -45,7 +45,7 @@ def test_a_users_loop_ends_every_piece_valid(which: str) -> None:
             end = ids.index(tables.eos) + 1
             assert all(i == tables.pad for i in ids[end:])
             assert check_stream(tables.automaton, learned.expand(ids[:end])[0]).violation is None
-            assert check_stream(automaton, learned.expand(ids[1:end - 1])[0]).violation is None
+            assert check_stream(automaton, learned.expand(ids[1 : end - 1])[0]).violation is None
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])

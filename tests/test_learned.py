@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gramophone._outdir import MANIFEST
 from gramophone.cli import main
 from gramophone.errors import TokenFileError
 from gramophone.grammar import compile_tokenizer
@@ -341,17 +343,18 @@ def test_tokenize_writes_learned_ids(tmp_path: Path, capsys: pytest.CaptureFixtu
         )
         assert code == 0 and "learned tokens" in out
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(
-        [f"{midi.stem}.json", f"{midi.stem}.txt", "tokenizer.json"]
+        [f"{midi.stem}.json", f"{midi.stem}.txt", "tokenizer.json", MANIFEST]
     )
 
 
 def test_tokenize_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Unreadable MIDI, a model that cannot encode losslessly, an unwritable output: one line
     each naming the file, exit 2, no partial file; the other files are still written."""
-    good = chorales()[HELD_OUT]
+    good, blocked = (tmp_path / p.name for p in chorales()[HELD_OUT : HELD_OUT + 2])
+    for src, dest in zip(chorales()[HELD_OUT : HELD_OUT + 2], (good, blocked), strict=True):
+        shutil.copyfile(src, dest)  # inputs in one folder: outputs named by their stems
     bad_midi = tmp_path / "bad.mid"
     bad_midi.write_bytes(b"MThd\x00\x00garbage")
-    blocked = chorales()[HELD_OUT + 1]
     out_dir = tmp_path / "out"
     (out_dir / f"{blocked.stem}.txt").mkdir(parents=True)  # the .txt cannot be written
     tok_path = str(trained_tokenizer_path("REMI", "BPE", "bar"))
@@ -364,7 +367,7 @@ def test_tokenize_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert f"{blocked.stem}.txt" in lines[1] and "cannot write" in lines[1]
     assert f"{good}: 1 stream(s)" in out
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(
-        [f"{good.stem}.json", f"{good.stem}.txt", f"{blocked.stem}.txt", "tokenizer.json"]
+        [f"{good.stem}.json", f"{good.stem}.txt", f"{blocked.stem}.txt", "tokenizer.json", MANIFEST]
     )  # nothing of bad.mid, no JSON of the blocked file, no temp file
 
     lossy = tmp_path / "lossy"
@@ -373,7 +376,7 @@ def test_tokenize_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 2 and out == ""
     (line,) = err.strip().splitlines()
     assert str(good) in line and "losslessly" in line
-    assert [p.name for p in lossy.iterdir()] == ["tokenizer.json"]
+    assert sorted(p.name for p in lossy.iterdir()) == sorted(["tokenizer.json", MANIFEST])
 
 
 # -- token IO ------------------------------------------------------------------------------

@@ -139,8 +139,8 @@ Context = tuple[str, str, Any, Any, list[str], Violation]
 
 def _pedal_after_another_program(ctx: Context) -> bool:
     """miditok 3.1 bug, flagged by its own tokens_errors: with programs, the events of one
-    onset are sorted by time only, tracks in program order, so a later program's Pedal or
-    PedalOff follows an earlier program's note, pitch bend or pedal; its type graph allows
+    onset are sorted by time only, tracks in the score's order, so a later track's Pedal or
+    PedalOff follows an earlier track's note, pitch bend or pedal; its type graph allows
     none of these (Duration -> Pedal, PitchBend -> PedalOff, Pedal -> PedalOff ...). The
     decoder reads them (a pedal token names its program); gramophone's grammar has the
     pedals open an onset, in the graph's order."""
@@ -158,7 +158,7 @@ def _pedal_after_another_program(ctx: Context) -> bool:
             break
     return (
         earlier is not None
-        and earlier < int(value)
+        and earlier != int(value)
         and miditok_errors(tok, [tok.vocab[t] for t in tokens]) > 0
     )
 
@@ -528,3 +528,110 @@ def test_tsd_bar_lengths_are_miditok_s(name: str) -> None:
         late = [*ids[:k], auto.token_index[one], *ids[k:]]
         assert check_ids(auto, early) is not None, (a, b, "early")
         assert check_ids(auto, late) is not None, (a, b, "late")
+
+
+# -- programs at one onset, and drums: what miditok writes, and what it never writes ------------
+def _cases(*, dedup: bool | None = None, drums: bool = False) -> list[tuple[str, str]]:
+    """Configs with programs in one stream (``dedup``: with remove_duplicated_notes or not;
+    ``drums``: with Program_-1 and drum pitch tokens)."""
+    out = []
+    for scheme, name in CASES:
+        cfg = SCHEMES[scheme].tokenizer_for(name).config
+        if not cfg.use_programs or (dedup is not None and bool(cfg.remove_duplicated_notes) != dedup):
+            continue
+        if drums and not (cfg.use_pitchdrum_tokens and -1 in cfg.programs):
+            continue
+        out.append((scheme, name))
+    return out
+
+
+def _tracks(*tracks: tuple[int, list[int]]) -> Any:
+    """A 4/4 score of one onset: per track (program, -1 for drums; its pitches)."""
+    from symusic import Note, Score, TimeSignature, Track
+
+    score: Any = Score(480)
+    score.time_signatures.append(TimeSignature(0, 4, 4))
+    for program, pitches in tracks:
+        track: Any = Track(program=max(program, 0), is_drum=program == -1)
+        for pitch in pitches:
+            track.notes.append(Note(0, 480, pitch, 90))
+        score.tracks.append(track)
+    return score
+
+
+def _note_at(tokens: list[str], program: str, structured: bool, *, last: bool = False) -> tuple[int, int]:
+    """``[start, end)`` of the first (or last) note of ``program``: from its Program token
+    (Structured: from the TimeShift before it) to its Duration token."""
+    starts = [i for i, t in enumerate(tokens) if t == program]
+    i = starts[-1] if last else starts[0]
+    end = next(j for j in range(i, len(tokens)) if tokens[j].startswith("Duration_")) + 1
+    return i - int(structured), end
+
+
+@pytest.mark.parametrize(("scheme", "name"), _cases(dedup=True))
+def test_programs_come_in_the_order_of_the_tracks(scheme: str, name: str) -> None:
+    """The reported false rejection (an aria, music21's handel/rinaldo/Lascia_chio_pianga:
+    voice on program 52, then two piano tracks): with programs and remove_duplicated_notes
+    miditok writes the notes of one onset track by track, in the score's order (it merges
+    the two piano tracks), not by program. Accepted; a program's second run at the onset,
+    which miditok never writes, is rejected, with a new pitch or a duplicate one (which
+    miditok's tokens_errors flags too, but for Structured, whose duplicate check never
+    fires)."""
+    tok, auto = SCHEMES[scheme].tokenizer_for(name), SCHEMES[scheme].automaton_for(name)
+    low, high = (int(p) for p in tok.config.pitch_range)
+    melodic = [p for p in tok.config.programs if p >= 0]
+    voice = 52 if 52 in melodic else max(melodic)
+    piano = 0 if 0 in melodic else min(melodic)
+    mid = (low + high) // 2
+    structured = scheme == "structured"
+    score = _tracks((voice, [mid + 5]), (piano, [mid, mid + 4]), (piano, [mid + 2]))
+    [ids] = encode_score(tok, score)
+    tokens = [auto.vocab[i] for i in ids]
+    assert tokens.index(f"Program_{voice}") < tokens.index(f"Program_{piano}"), tokens
+    assert miditok_errors(tok, ids) == 0
+    assert check_ids(auto, ids) is None, tokens
+    start, end = _note_at(tokens, f"Program_{voice}", structured)
+    again = tokens[start:end]
+    if structured:
+        again[0] = "TimeShift_0.0.1"  # at the same onset
+    _, after = _note_at(tokens, f"Program_{piano}", structured, last=True)
+    for pitch in (mid + 5, mid + 7):
+        back = [t.replace(f"Pitch_{mid + 5}", f"Pitch_{pitch}") for t in again]
+        corrupt = [*tokens[:after], *back, *tokens[after:]]
+        violation = check_ids(auto, [auto.token_index[t] for t in corrupt])
+        assert violation is not None and violation.index == after + back.index(f"Program_{voice}"), corrupt
+        assert violation.rejected_by.startswith("program-runs"), violation
+        duplicate = miditok_errors(tok, [auto.token_index[t] for t in corrupt]) > 0
+        assert duplicate == (pitch == mid + 5 and scheme != "structured")
+
+
+#: A drum pitch under a melodic program and the reverse, per kind of note token.
+_SWAPS = {"PitchDrum": "Pitch", "Pitch": "PitchDrum", "DrumOn": "NoteOn", "NoteOn": "DrumOn"}
+
+
+@pytest.mark.parametrize(("scheme", "name"), _cases(drums=True))
+def test_drum_pitches_only_under_the_drum_program(scheme: str, name: str) -> None:
+    """miditok writes a drum track's notes as PitchDrum (MIDILike: DrumOn/DrumOff) under
+    Program_-1 and every other track's as Pitch (NoteOn/NoteOff) under its program: the
+    swapped streams (``Program_0 PitchDrum_40``, ``Program_-1 Pitch_60``), which its
+    tokens_errors does not flag, are rejected (Structured: by its syntax)."""
+    tok, auto = SCHEMES[scheme].tokenizer_for(name), SCHEMES[scheme].automaton_for(name)
+    low = max(int(tok.config.pitch_range[0]), int(tok.config.drums_pitch_range[0]))
+    melodic = next(p for p in tok.config.programs if p >= 0)
+    [ids] = encode_score(tok, _tracks((-1, [low + 1]), (melodic, [low + 3])))
+    tokens = [auto.vocab[i] for i in ids]
+    assert check_ids(auto, ids) is None, tokens
+    for program, pitch in ((-1, low + 1), (melodic, low + 3)):
+        i = tokens.index(f"Program_{program}") + 1
+        kind = tokens[i].partition("_")[0]
+        corrupt = [*tokens[:i], f"{_SWAPS[kind]}_{pitch}", *tokens[i + 1 :]]
+        violation = check_ids(auto, [auto.token_index[t] for t in corrupt])
+        assert violation is not None and violation.index == i, corrupt
+        assert violation.rejected_by == ("syntax" if scheme == "structured" else "drum-pitch")
+        if scheme != "structured":
+            assert miditok_errors(tok, [auto.token_index[t] for t in corrupt]) == 0
+    if "Chord_maj" in auto.token_index:  # miditok detects no chord on a drum track
+        i = tokens.index("Program_-1")
+        corrupt = [*tokens[:i], "Program_-1", "Chord_maj", *tokens[i:]]
+        violation = check_ids(auto, [auto.token_index[t] for t in corrupt])
+        assert violation is not None and violation.token == "Chord_maj", corrupt

@@ -38,8 +38,8 @@ def test_train_and_decode_with_a_bpe_vocabulary(
     assert info.meta["automaton_hash"] == model_automaton(tokenizer).hash
     val = [r for r in read_metrics(out) if r["split"] == "validation" and not r.get("final")]
     assert val and 0.0 < val[-1]["forbidden_mass"] < 1.0 and val[-1]["nll_masked"] < val[-1]["nll"]
-    # resume with the run's own tokenizer (no --tokenizer) for two more steps
-    more = ["train", "--backend", backend, "--resume", "--steps", "6", "--out", str(out)]
+    # resume with the run's own tokenizer (no --tokenizer) for two more steps (a longer schedule)
+    more = ["train", "--backend", backend, "--resume", "--steps", "6", "--reschedule", "--out", str(out)]
     assert main(more) == 0, capsys.readouterr().err
     assert ckpt.read_info(out / "model").step == 6
 

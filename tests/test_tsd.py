@@ -361,9 +361,17 @@ ORACLE_CASES: dict[str, tuple[str, list[str], bool, bool, bool]] = {
     ),
     "duplicated note": ("dedup", ["TimeSig_4/4", *_note(), *_note()], True, True, False),
     "descending pitches": ("dedup", ["TimeSig_4/4", *_note(62), *_note(60)], True, True, False),
+    # Runs of programs in the score's track order (miditok's), each once at a time.
     "descending programs": (
         "combo-rests-programs",
         ["TimeSig_4/4", *_note(program=5), *_note(62, program=0)],
+        True,
+        True,
+        True,
+    ),
+    "a program comes back": (
+        "combo-rests-programs",
+        ["TimeSig_4/4", *_note(program=5), *_note(62, program=0), *_note(64, program=5)],
         True,
         True,
         False,

@@ -20,16 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gramophone.errors import GramophoneError
+from gramophone.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     from symusic.core import ScoreTick
 
-__all__ = ["AudioUnavailableError", "piano_roll", "render_wav", "soundfont_path"]
+__all__ = ["AudioUnavailableError", "check_wav", "piano_roll", "render_wav", "soundfont_path"]
 
 
-class AudioUnavailableError(GramophoneError):
-    """FluidSynth (the library or its Python binding) or pretty_midi is not installed."""
+class AudioUnavailableError(MissingDependencyError):
+    """FluidSynth (the library or its Python binding), pretty_midi or matplotlib (piano
+    rolls) is not installed."""
 
 
 def soundfont_path() -> Path:
@@ -43,16 +44,10 @@ def soundfont_path() -> Path:
     return Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
 
 
-def render_wav(
-    midi_path: str | os.PathLike[str], wav_path: str | os.PathLike[str], sample_rate: int = 22050
-) -> Path:
-    """Render a MIDI file to a 16-bit mono WAV file with FluidSynth; returns its path.
-
-    Raises :class:`AudioUnavailableError` when FluidSynth cannot be used.
-    """
+def check_wav() -> Path:
+    """The soundfont, once pretty_midi and FluidSynth are known to load: what
+    :func:`render_wav` needs; :class:`AudioUnavailableError` saying what to install."""
     sf2 = soundfont_path()
-    import pretty_midi
-
     try:
         import fluidsynth  # noqa: F401  (pyfluidsynth; loads libfluidsynth)
     except (ImportError, OSError) as exc:
@@ -60,6 +55,19 @@ def render_wav(
             f"FluidSynth is not available ({exc}); install the library (Debian: apt-get install "
             "libfluidsynth3) and pip install pyfluidsynth"
         ) from None
+    return sf2
+
+
+def render_wav(
+    midi_path: str | os.PathLike[str], wav_path: str | os.PathLike[str], sample_rate: int = 22050
+) -> Path:
+    """Render a MIDI file to a 16-bit mono WAV file with FluidSynth; returns its path.
+
+    Raises :class:`AudioUnavailableError` when FluidSynth cannot be used.
+    """
+    sf2 = check_wav()
+    import pretty_midi
+
     try:
         midi = pretty_midi.PrettyMIDI(str(midi_path))
         # pretty_midi >= 0.2.11 takes the soundfont as ``synthesizer`` (``sf2_path`` before)
@@ -100,9 +108,16 @@ def piano_roll(
     score: ScoreTick | str | os.PathLike[str], png_path: str | os.PathLike[str], title: str = ""
 ) -> Path:
     """Draw the notes of a ``symusic`` score (or a MIDI file) as a piano roll PNG: time in
-    quarter notes, one row per pitch, bar lines dotted, darker for louder notes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    quarter notes, one row per pitch, bar lines dotted, darker for louder notes.
+
+    Raises :class:`AudioUnavailableError` when matplotlib is not installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise AudioUnavailableError(
+            f"matplotlib is not installed ({exc}): pip install 'gramophone[audio]'"
+        ) from None
 
     sc: Any = score
     if not hasattr(sc, "tracks"):

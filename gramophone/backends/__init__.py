@@ -34,6 +34,7 @@ __all__ = [
     "Preset",
     "TrainConfig",
     "available_backends",
+    "decode_loop",
     "get_backend",
     "get_preset",
     "known_backends",
@@ -48,23 +49,51 @@ class _Entry:
     cls: str  # its name
     requires: tuple[str, ...]  # top-level modules that must be importable
     extra: str  # the pip extra that installs them
+    loop: str | None = None  # module whose backend_sampler(backend, params) decodes (else numpy)
 
 
 _REGISTRY: dict[str, _Entry] = {
-    "torch": _Entry("gramophone.backends.torch_backend", "TorchBackend", ("torch", "safetensors"), "torch"),
+    "torch": _Entry(
+        "gramophone.backends.torch_backend",
+        "TorchBackend",
+        ("torch", "safetensors"),
+        "torch",
+        "gramophone.decoding.torch_loop",
+    ),
     "jax": _Entry(
-        "gramophone.backends.jax_backend", "JaxBackend", ("jax", "flax", "optax", "safetensors"), "jax"
+        "gramophone.backends.jax_backend",
+        "JaxBackend",
+        ("jax", "flax", "optax", "safetensors"),
+        "jax",
+        "gramophone.decoding.jax_loop",
     ),
 }
 _INSTANCES: dict[str, Backend] = {}
 
 
 def register_backend(
-    name: str, module: str, cls: str, requires: tuple[str, ...] = (), extra: str | None = None
+    name: str,
+    module: str,
+    cls: str,
+    requires: tuple[str, ...] = (),
+    extra: str | None = None,
+    *,
+    loop: str | None = None,
 ) -> None:
-    """Make ``get_backend(name)`` import ``module`` and instantiate its class ``cls``."""
-    _REGISTRY[name] = _Entry(module, cls, tuple(requires), extra or name)
+    """Make ``get_backend(name)`` import ``module`` and instantiate its class ``cls``.
+
+    ``loop``: a module whose ``backend_sampler(backend, params)`` returns the decoding loop
+    ``(tables, request) -> DecodeResult`` (see :mod:`gramophone.decoding.loop`); without
+    one, decoding runs the numpy reference loop over the backend's ``prefill``/``step``.
+    """
+    _REGISTRY[name] = _Entry(module, cls, tuple(requires), extra or name, loop)
     _INSTANCES.pop(name, None)
+
+
+def decode_loop(name: str) -> str | None:
+    """The module of ``name``'s own decoding loop (see :func:`register_backend`), or None."""
+    entry = _REGISTRY.get(name)
+    return None if entry is None else entry.loop
 
 
 def known_backends() -> list[str]:

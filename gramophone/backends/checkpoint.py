@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from gramophone import _files
 from gramophone.backends.config import ModelConfig, TrainConfig
 from gramophone.errors import CheckpointError
 
@@ -105,23 +105,9 @@ class CheckpointInfo:
 
 
 def atomic_write(path: Path, writer: Callable[[Path], object]) -> dict[str, Any]:
-    """Call ``writer(tmp)`` on a temporary path next to ``path``, fsync, ``os.replace`` it
-    into place. Returns ``{"bytes", "sha256"}`` of the written file."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        writer(tmp)
-        record = _describe(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return record
+    """:func:`gramophone._files.atomic_write` of ``writer``; returns ``{"bytes", "sha256"}``
+    of the written file."""
+    return _describe(_files.atomic_write(path, writer))
 
 
 def _describe(path: Path) -> dict[str, Any]:
@@ -186,9 +172,7 @@ def _stored_name(name: str, sha256: str) -> str:
 
 def _write_addressed(directory: Path, name: str, writer: Callable[[Path], object]) -> dict[str, Any]:
     """Write ``name`` under its content-addressed name; its ``files`` record in config.json."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _files.temp_path_for(directory / name)
     try:
         record = atomic_write(tmp, writer)
         stored = _stored_name(name, record["sha256"])

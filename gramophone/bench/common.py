@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 __all__ = ["machine", "markdown_table", "median_time", "record", "timed"]
@@ -116,3 +119,22 @@ def markdown_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) ->
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
     return lines
+
+
+def import_section(module: str) -> ModuleType:
+    """Import a benchmark section. The peer engines' adapters are benchmark code kept out
+    of the library (``benchmarks/peers.py`` in the repository, not installed with the
+    package): a section under ``benchmarks.`` is imported from the checkout this package
+    runs from, and an :class:`ImportError` that says so when there is none."""
+    if module.startswith("benchmarks."):
+        root = Path(__file__).resolve().parents[2]
+        if (root / "benchmarks" / "__init__.py").is_file() and str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            raise ImportError(
+                f"{module} is benchmark code in the repository's benchmarks/ folder, not installed with "
+                f"the package: run gramophone bench from a checkout ({exc})"
+            ) from exc
+    return importlib.import_module(module)

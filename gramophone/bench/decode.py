@@ -15,7 +15,9 @@ One question each:
   unconstrained step (``estimated_constrained_over_unconstrained_throughput``).
 - **decode_context**: per-token decode cost with a KV cache of 64 vs 1024 positions
   (see :func:`_context_cost`).
-- **decode_tables**: building the dense product (cold) and loading it from the cache; the
+- **decode_first_piece**: a user's wait for one piece in a new process, with an empty and
+  then a filled XLA compilation cache (see :func:`_first_piece`).
+- **decode_tables**: building the decoding tables (cold) and loading them from the cache; the
   layered distance table for ``--bars``.
 
 Torch runs single-threaded by default (``threads``): on a small shared machine two
@@ -303,6 +305,58 @@ def _tables() -> list[dict[str, Any]]:
     return out
 
 
+FIRST_PIECE_TOKENS = 32
+
+
+def _first_piece(backend: str) -> list[dict[str, Any]]:
+    """``decode_first_piece``: what a user waits for one piece, from process start to exit:
+    ``gramophone decode --num 1 --max-tokens 32 --formats tokens`` (the bundled model) in a
+    new process, twice, with a fresh XLA compilation cache folder (``cold``, then ``warm``:
+    JAX loads the compiled loop from the persistent cache). The JAX loop yields its tokens
+    when its one compiled scan ends, so its first token comes with the piece; torch has no
+    compilation cache, so its two runs differ only by the operating system's file cache.
+    ``compile_seconds`` is the one ``summary.json`` reports."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(Path(tmp) / "xla")}
+        for cache in ("cold", "warm"):
+            folder = Path(tmp) / cache
+            args = ["decode", "--backend", backend, "--num", "1", "--seed", "0"]
+            args += ["--max-tokens", str(FIRST_PIECE_TOKENS), "--formats", "tokens", "--out", str(folder)]
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "gramophone", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise RuntimeError(f"gramophone {' '.join(args)}: {proc.stderr.strip()[-300:]}")
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+            out.append(
+                record(
+                    "decode_first_piece",
+                    SYSTEM[backend],
+                    "seconds_to_first_piece",
+                    round(wall, 2),
+                    "s",
+                    cache=cache,
+                    compile_seconds=round(float(summary.get("compile_seconds", 0.0)), 2),
+                    decode_seconds=round(float(summary.get("seconds", 0.0)), 2),
+                    max_tokens=FIRST_PIECE_TOKENS,
+                )
+            )
+    return out
+
+
 def _matmul_fraction(backend: str, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """``decode`` records (``tokens_per_s`` of constrained decoding) with the fraction of
     this machine's float32 GEMM throughput, measured now, that the model's FLOPs reach.
@@ -357,6 +411,7 @@ def run(
             before = torch.get_num_threads()
             torch.set_num_threads(threads)
         try:
+            records += _first_piece(backend)
             records += _overhead(backend, quick)
             records += _context_cost(backend, quick)
             records += _matmul_fraction(backend, [r for r in records if r.get("system") == SYSTEM[backend]])
@@ -388,6 +443,10 @@ def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
     lines += ["", "Constrained decoding against this machine's float32 GEMM throughput (same run):", ""]
     lines += markdown_table(
         rows("decode"), ["system", "batch", "value", "model_gflops", "gemm_gflops", "fraction_of_gemm"]
+    )
+    lines += ["", "## First piece: process start to exit, one piece of at most 32 tokens", ""]
+    lines += markdown_table(
+        rows("decode_first_piece"), ["system", "cache", "value", "unit", "compile_seconds", "decode_seconds"]
     )
     lines += ["", "## Decoding tables (shipped config)", ""]
     lines += markdown_table(rows("decode_tables"), ["metric", "value", "unit", "cache", "bars", "dist_mib"])

@@ -8,9 +8,7 @@ a peer engine that is not installed is recorded as ``missing``, never faked.
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import sys
 import time
 import traceback
@@ -18,14 +16,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gramophone.bench.common import machine, markdown_table
+from gramophone._files import atomic_write
+from gramophone.bench.common import import_section, machine, markdown_table
 
 __all__ = ["SECTIONS", "run_all", "write_report"]
 
 #: (name, module, title) in the order they run and appear in the report
 SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("grammar", "gramophone.bench.grammar", "Grammar core"),
-    ("peers", "gramophone.bench.peers", "Mask step and compile time against the peer engines"),
+    ("peers", "benchmarks.peers", "Mask step and compile time against the peer engines"),
     ("vocab", "gramophone.bench.vocab", "Trained vocabularies (BPE 10k and 30k): tables and mask step"),
     ("train", "gramophone.bench.train", "Training throughput"),
     ("decode", "gramophone.bench.decode", "Decoding throughput and the cost of the mask"),
@@ -45,32 +44,39 @@ def run_all(
     log: Callable[[str], None] = _log,
 ) -> dict[str, Any]:
     """Run the sections (all by default) and write ``out/results.json``, ``report.md`` and
-    plots; returns the results. ``results["failed"]`` lists the sections that raised."""
-    out.mkdir(parents=True, exist_ok=True)
+    plots; returns the results. ``results["failed"]`` lists the sections that raised.
+    ``out`` follows :mod:`gramophone._outdir`: the files of an earlier ``bench`` there are
+    removed first (no stale plot or error file), a folder holding other files is refused."""
+    from gramophone._outdir import claim_output_folder
+
+    folder = claim_output_folder(out, "bench")
     records: list[dict[str, Any]] = []
     failed: list[str] = []
     chosen = [s for s in SECTIONS if sections is None or s[0] in sections]
-    for name, module, _title in chosen:
-        log(f"{name} ...")
-        t0 = time.perf_counter()
-        try:
-            mod = importlib.import_module(module)
-            got = mod.run(quick=quick)
-        except Exception as exc:
-            failed.append(name)
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            log(f"{name} failed: {detail}")
-            (out / f"{name}-error.txt").write_text(traceback.format_exc())
-            records.append({"benchmark": name, "status": "error", "error": detail})
-            continue
-        for r in got:
-            r.setdefault("section", name)
-        records.extend(got)
-        log(f"{name} done in {time.perf_counter() - t0:.0f} s ({len(got)} records)")
-        # write as we go: an interrupted full run keeps what it measured
-        write_report({"machine": machine(), "quick": quick, "records": records, "failed": failed}, out)
-    results = {"machine": machine(), "quick": quick, "records": records, "failed": failed}
-    write_report(results, out)
+    try:
+        for name, module, _title in chosen:
+            log(f"{name} ...")
+            t0 = time.perf_counter()
+            try:
+                mod = import_section(module)
+                got = mod.run(quick=quick)
+            except Exception as exc:
+                failed.append(name)
+                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                log(f"{name} failed: {detail}")
+                (out / f"{name}-error.txt").write_text(traceback.format_exc())
+                records.append({"benchmark": name, "status": "error", "error": detail})
+                continue
+            for r in got:
+                r.setdefault("section", name)
+            records.extend(got)
+            log(f"{name} done in {time.perf_counter() - t0:.0f} s ({len(got)} records)")
+            # write as we go: an interrupted full run keeps what it measured
+            write_report({"machine": machine(), "quick": quick, "records": records, "failed": failed}, out)
+        results = {"machine": machine(), "quick": quick, "records": records, "failed": failed}
+        write_report(results, out)
+    finally:  # even an interrupted run's files are known to the next
+        folder.finish()
     return results
 
 
@@ -86,9 +92,7 @@ def _machine_lines(m: dict[str, Any]) -> list[str]:
 
 def write_report(results: dict[str, Any], out: Path) -> None:
     """``results.json``, ``report.md`` and each section's plots under ``out``."""
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    os.replace(tmp, out / "results.json")
+    atomic_write(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     records = results["records"]
     lines = ["# gramophone benchmarks", ""]
     if results.get("quick"):
@@ -103,13 +107,13 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         if errors:
             lines += [f"**This section failed**: {errors[0]['error']}", ""]
         if mine:
-            mod = importlib.import_module(module)
+            mod = import_section(module)
             lines += [*mod.markdown(mine), ""]
             plot = getattr(mod, "plots", None)
             if plot is not None:
                 for path in plot(mine, out):
                     lines += [f"![{Path(path).stem}]({Path(path).name})", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write(out / "report.md", "\n".join(lines))
 
 
 def summary_table(records: Sequence[dict[str, Any]]) -> list[str]:

@@ -53,7 +53,7 @@ QUICK: dict[str, Any] = {
 def _train_models(setup: dict[str, Any], backend: str) -> dict[str, tuple[Path, dict[str, float]]]:
     """Train (or reuse) one model per loss; returns loss -> (model folder, validation metrics
     of :func:`gramophone.training.evaluate_split`)."""
-    from gramophone._paths import cache_dir
+    from gramophone._files import cache_dir
     from gramophone.backends import ModelConfig, TrainConfig
     from gramophone.grammar import compile_remi
     from gramophone.tokenizers import load_tokenizer
@@ -110,10 +110,10 @@ def _forbidden_mass(backend: Any, params: Any, auto: Any, streams: Sequence[Sequ
 def run(quick: bool = False, backend: str = "torch") -> list[dict[str, Any]]:
     """Train the three models (or reuse them), sample, judge; see the module notes."""
     from gramophone.backends import get_backend
+    from gramophone.decoding import decoding_tables, prepare_prompt
     from gramophone.decoding.driver import sampler_for, split_batches
     from gramophone.decoding.loop import DecodeRequest
     from gramophone.decoding.rules import Sampling
-    from gramophone.decoding.tables import decoding_tables, prepare_prompt
     from gramophone.grammar import compile_remi
     from gramophone.tokenizers import decode_ids, load_tokenizer
 

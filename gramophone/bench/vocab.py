@@ -9,7 +9,7 @@ per bar; ``remi+bpe10k``, ``remi+bpe30k``):
   (cold, then from the cache) and the number of groups, with ``tokenizer`` and
   ``vocab_size``. The dense alternative, a lifted product table ``int32[S, V]``, is given as
   ``dense_mib`` for comparison (never built);
-- ``mask_step``: as in :mod:`gramophone.bench.peers`, with the learned vocabulary given to
+- ``mask_step``: as in :mod:`benchmarks.peers`, with the learned vocabulary given to
   the peers natively (each learned token the concatenation of its base tokens' delimited
   names), on the chorales' learned streams. ``outlines-core`` is measured at its ``syntax``
   level with learned vocabularies: its full regex (4.6 MB) over 10k+ multi-terminal tokens
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gramophone._paths import cache_dir
+from gramophone._files import cache_dir
 from gramophone.bench.common import markdown_table, record
 
 __all__ = ["markdown", "run", "trained_bpe"]
@@ -88,7 +88,10 @@ def _table_records(name: str, tokenizer: Any) -> list[dict[str, Any]]:
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """The section: tables for every tokenizer, then the mask step (fewer steps and systems
     with ``quick``)."""
-    from gramophone.bench.peers import OURS, PEERS, mask_step_records
+    from gramophone.bench.common import import_section
+
+    peers = import_section("benchmarks.peers")
+    OURS, PEERS, mask_step_records = peers.OURS, peers.PEERS, peers.mask_step_records
     from gramophone.tokenizers import load_tokenizer
 
     records: list[dict[str, Any]] = []

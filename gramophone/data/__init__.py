@@ -7,7 +7,7 @@ conversion actually runs.
 
 from __future__ import annotations
 
-from gramophone.data.cache import cache_dir
+from gramophone._files import cache_dir
 from gramophone.data.chorales import (
     CHORALES_VERSION,
     chorale_dir,

@@ -57,7 +57,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from gramophone.data.cache import atomic_write_bytes, cache_dir, remove_stale_temp_files
+from gramophone._files import atomic_write_bytes, cache_dir, remove_stale_temp_files
+from gramophone.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     from symusic.core import ScoreTick
@@ -140,8 +141,11 @@ def chorale_names() -> list[str]:
         if (version is None or data["music21"] == version) and all(isinstance(n, str) for n in names):
             return list(names)
     if version is None:
-        raise ImportError(_MISSING_MUSIC21)
-    from music21 import corpus
+        raise MissingDependencyError(_MISSING_MUSIC21)
+    try:
+        from music21 import corpus
+    except ImportError as exc:  # installed but broken (or blocked)
+        raise MissingDependencyError(f"{_MISSING_MUSIC21} ({exc})") from None
 
     iterator = corpus.chorales.Iterator(numberingSystem="riemenschneider", returnType="filename")
     names = list(dict.fromkeys(str(n) for n in iterator))
@@ -529,7 +533,7 @@ def chorale_midis(
     todo = [name for name in todo_names if not _is_cached(paths[name])]
     if todo:
         if _music21_version() is None:
-            raise ImportError(_MISSING_MUSIC21)
+            raise MissingDependencyError(_MISSING_MUSIC21)
         remove_stale_temp_files(chorale_dir())
         failures = _convert_all(todo, paths, progress=progress, workers=workers)
         for name, error in failures:

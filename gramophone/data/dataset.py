@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from gramophone.data.cache import atomic_write_bytes, cache_dir
+from gramophone._files import atomic_write_bytes, cache_dir, code_hash
 from gramophone.data.chorales import CHORALES_VERSION, chorale_midis, chorale_names, split_names
 from gramophone.errors import GramophoneError
 
@@ -73,6 +73,8 @@ __all__ = [
     "Dataset",
     "TokenSplit",
     "build_dataset",
+    "dataset_cache_path",
+    "dataset_code_hash",
     "load_dataset",
     "pitch_offsets",
     "tokenizer_fingerprint",
@@ -81,7 +83,8 @@ __all__ = [
 ]
 
 DATASET_VERSION = 1
-"""Bump to invalidate cached datasets when the way they are built changes."""
+"""Version of the cache file's layout (a change to the code that builds a dataset changes
+its cache key already: :func:`dataset_code_hash`)."""
 
 SPLITS = ("train", "validation", "test")
 REJECT = -1
@@ -352,19 +355,39 @@ def train_batch(
 # Building
 
 
+def dataset_code_hash() -> str:
+    """:func:`~gramophone._files.code_hash` of the code that builds a dataset: this module,
+    the corpus conversion and splits (:mod:`~gramophone.data.chorales`) and the tokenizer
+    wrapper that encodes the pieces (the grammar's code is in the automaton's hash)."""
+    import gramophone.tokenizers
+    from gramophone.data import chorales
+
+    tokenizers = Path(gramophone.tokenizers.__file__).parent
+    return code_hash([__file__, chorales.__file__, *tokenizers.glob("*.py")])
+
+
 def _cache_key(tokenizer: REMI, automaton: Automaton, config: DataConfig, names: Sequence[str]) -> str:
     payload = json.dumps(
         {
             "dataset": DATASET_VERSION,
+            "code": dataset_code_hash(),
             "corpus": f"chorales-{CHORALES_VERSION}",
             "names": list(names),
             "tokenizer": tokenizer_fingerprint(tokenizer),
-            "automaton": automaton.hash,
+            "automaton": automaton.digest,  # the tables (the rows of `allowed` follow them)
             "data": config.to_dict(),
         },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def dataset_cache_path(
+    tokenizer: REMI, automaton: Automaton, config: DataConfig, names: Sequence[str]
+) -> Path:
+    """Where :func:`load_dataset` caches the dataset of these pieces (``names``)."""
+    key = _cache_key(tokenizer, automaton, config, names)
+    return cache_dir() / "datasets" / f"chorales-{CHORALES_VERSION}-{key}.npz"
 
 
 def _encode_pieces(
@@ -624,8 +647,9 @@ def load_dataset(
 
     Built by :func:`build_dataset` the first time (about a minute on two cores) and cached
     in ``cache_dir()/datasets/chorales-*.npz``, keyed on the tokenizer's config and
-    vocabulary, the automaton's hash, the data config, the corpus version and the piece
-    names; a cache file that cannot be read is rebuilt.
+    vocabulary, the automaton's hash, the data config, the corpus version, the piece
+    names and the code that builds it (:func:`dataset_code_hash`); a cache file that
+    cannot be read (truncated, foreign) is rebuilt silently.
     """
     from gramophone.grammar import compile_remi
     from gramophone.tokenizers import load_tokenizer
@@ -634,16 +658,12 @@ def load_dataset(
     automaton = automaton if automaton is not None else compile_remi(tokenizer)
     config = config or DataConfig()
     names = chorale_names()
-    path = (
-        cache_dir()
-        / "datasets"
-        / f"chorales-{CHORALES_VERSION}-{_cache_key(tokenizer, automaton, config, names)}.npz"
-    )
+    path = dataset_cache_path(tokenizer, automaton, config, names)
     if use_cache and path.is_file():
         try:
             return _load(path)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
-            pass  # rebuilt below
+        except Exception:  # any unreadable entry (truncated, foreign, another version): rebuilt below
+            pass
     dataset = build_dataset(tokenizer, automaton, config, names=names, progress=progress)
     if use_cache:
         _save(dataset, path)

@@ -1,9 +1,12 @@
 """Constrained decoding: sampling rules, hard masking, length-aware masking, decode driver.
 
 - :mod:`~gramophone.decoding.rules`: the sampling rules, written once (spec + numpy);
-- :mod:`~gramophone.decoding.tables`: the decoding automaton (grammar + BOS/EOS framing +
-  one note at least + optional bar count) as per-group rows over the model's vocabulary
-  (learned tokens lifted) and one exact distance-to-acceptance table;
+- :mod:`~gramophone.decoding.framing`: the decoding language (grammar + BOS/EOS framing +
+  one note at least + optional bar count);
+- :mod:`~gramophone.decoding.tables`: that language as per-group rows over the model's
+  vocabulary (learned tokens lifted) and one exact distance-to-acceptance table
+  (:mod:`~gramophone.decoding.distance`);
+- :mod:`~gramophone.decoding.prompt`: prompts checked and stepped;
 - :mod:`~gramophone.decoding.loop`: the loop contract and the numpy reference loop;
 - ``torch_loop`` / ``jax_loop``: the device loops, imported only when chosen;
 - :mod:`~gramophone.decoding.driver`: checkpoint -> batches -> files (``gramophone decode``).
@@ -17,18 +20,12 @@ from gramophone.decoding.driver import (
     decode_to_folder,
     generate,
     load_model,
-    register_loop,
     sampler_for,
 )
 from gramophone.decoding.loop import DecodeRequest, DecodeResult, sample_numpy
+from gramophone.decoding.prompt import PreparedPrompt, prepare_prompt
 from gramophone.decoding.rules import INF, Sampling
-from gramophone.decoding.tables import (
-    DecodingTables,
-    PreparedPrompt,
-    decoding_tables,
-    prepare_prompt,
-    tables_for,
-)
+from gramophone.decoding.tables import DecodingTables, decoding_tables, tables_for
 
 __all__ = [
     "INF",
@@ -44,7 +41,6 @@ __all__ = [
     "generate",
     "load_model",
     "prepare_prompt",
-    "register_loop",
     "sample_numpy",
     "sampler_for",
     "tables_for",

@@ -7,8 +7,9 @@ on their own (:func:`load_model`, :func:`sampler_for`, :func:`generate`).
 (:mod:`~gramophone.decoding.torch_loop`, :mod:`~gramophone.decoding.jax_loop`), imported
 only when chosen. Any other backend registered with
 :func:`gramophone.backends.register_backend` decodes with the numpy reference loop over its
-``prefill``/``decode_step`` (correct, one host round trip per step) until it registers a
-loop of its own with :func:`register_loop`; neither needs a change here.
+``prefill``/``decode_step`` (correct, one host round trip per step) unless its registry
+entry names a loop of its own (``register_backend(..., loop=MODULE)``); neither needs a
+change here.
 
 **Budget.** ``max_tokens`` is the length of every output stream, everything included:
 the prompt, BOS first and EOS last. A budget below the shortest valid completion is a
@@ -20,7 +21,7 @@ the prompt, BOS first and EOS last. A budget below the shortest valid completion
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,9 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gramophone.decoding.loop import DecodeRequest, DecodeResult, backend_model, sample_numpy
+from gramophone.decoding.prompt import PreparedPrompt, prepare_prompt
 from gramophone.decoding.rules import Sampling
-from gramophone.decoding.tables import DecodingTables, PreparedPrompt, decoding_tables, prepare_prompt
-from gramophone.errors import DecodingError, GramophoneError
+from gramophone.decoding.tables import DecodingTables, decoding_tables
+from gramophone.errors import DecodingError
 
 if TYPE_CHECKING:
     from miditok import MusicTokenizer
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from gramophone.tokenizers.learned import LearnedVocab
 
 __all__ = [
+    "FORMATS",
     "DecodeOptions",
     "DecodeSummary",
     "LoadedModel",
@@ -47,28 +50,19 @@ __all__ = [
     "decode_to_folder",
     "generate",
     "load_model",
-    "register_loop",
     "sampler_for",
     "split_batches",
 ]
 
 SampleFn = Callable[[DecodingTables, DecodeRequest], DecodeResult]
 
-_LOOPS: dict[str, str] = {
-    "torch": "gramophone.decoding.torch_loop",
-    "jax": "gramophone.decoding.jax_loop",
-}
-
-
-def register_loop(backend_name: str, module: str) -> None:
-    """Decode ``backend_name`` with ``module.backend_sampler(backend, params)``, a function
-    ``(tables, request) -> DecodeResult`` (see :mod:`gramophone.decoding.loop`)."""
-    _LOOPS[backend_name] = module
-
 
 def sampler_for(backend: Backend, params: Any) -> SampleFn:
-    """The decoding loop for ``backend`` and its ``params``."""
-    module = _LOOPS.get(backend.name)
+    """The decoding loop for ``backend`` and its ``params`` (the one its registry entry names,
+    :func:`gramophone.backends.register_backend`)."""
+    from gramophone.backends import decode_loop
+
+    module = decode_loop(backend.name)
     if module is None:
         model = backend_model(backend, params)
         return lambda tables, request: sample_numpy(model, tables, request)
@@ -98,27 +92,18 @@ def load_model(backend_name: str, checkpoint: str | Path | None = None) -> Loade
     config. Raises :class:`CheckpointError` (missing, corrupted, or trained for another
     vocabulary or grammar) and :class:`~gramophone.BackendUnavailableError`.
     """
-    from gramophone.backends import checkpoint as ckpt
     from gramophone.backends import get_backend
     from gramophone.grammar import compile_tokenizer
-    from gramophone.models import check_compatible
-    from gramophone.tokenizers import load_tokenizer, model_automaton
+    from gramophone.models import bundled_checkpoint_path, checkpoint_tokenizer, load_checkpoint
+    from gramophone.tokenizers import model_automaton
 
     backend = get_backend(backend_name)
-    if checkpoint is None:
-        from gramophone.models import bundled_checkpoint_path
-
-        path = bundled_checkpoint_path()
-    else:
-        path = Path(checkpoint)
-    info = ckpt.read_info(path)
-    tok_file = path / "tokenizer.json"
-    tokenizer = load_tokenizer(tok_file if tok_file.is_file() else None)
+    path = bundled_checkpoint_path() if checkpoint is None else Path(checkpoint)
+    tokenizer = checkpoint_tokenizer(path)
     automaton = compile_tokenizer(tokenizer)
     checked = model_automaton(tokenizer) if tokenizer.is_trained else automaton
-    check_compatible(info.meta, info.model.vocab_size, tokenizer, checked, where=str(path))
-    loaded = backend.load(path)
-    return LoadedModel(backend, loaded.params, info.model, tokenizer, automaton, path)
+    loaded = load_checkpoint(backend, path, tokenizer, checked)
+    return LoadedModel(backend, loaded.params, loaded.model, tokenizer, automaton, path)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -213,9 +198,22 @@ def generate(
 # ----------------------------------------------------------------------------- the command
 
 
+#: What ``decode`` can write per piece, and the files of each: ``tokens`` (miditok token
+#: file + token names), ``midi``, ``roll`` (piano-roll picture, matplotlib) and ``wav``
+#: (FluidSynth).
+FORMATS: dict[str, tuple[str, ...]] = {
+    "tokens": (".json", ".txt"),
+    "midi": (".mid",),
+    "roll": (".png",),
+    "wav": (".wav",),
+}
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
-    """``gramophone decode``'s options (see the CLI help)."""
+    """``gramophone decode``'s options (see the CLI help). ``formats``: what to write per
+    piece (names of :data:`FORMATS`); ``None`` is every format the installed extras allow,
+    without ``wav`` when ``audio`` is false."""
 
     backend: str
     out: Path
@@ -227,10 +225,19 @@ class DecodeOptions:
     prompt: Path | None = None
     bars: int | None = None
     audio: bool = True
+    formats: tuple[str, ...] | None = None
+    strict: bool = False  # a MIDI prompt whose tokenizing loses content is an error
     batch_size: int = 64
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.formats is not None:
+            unknown = [f for f in self.formats if f not in FORMATS]
+            if unknown or not self.formats:
+                what = f"unknown format {unknown[0]!r}" if unknown else "no format"
+                raise DecodingError(f"--formats: {what}; choose from {','.join(FORMATS)}")
+            if "wav" in self.formats and not self.audio:
+                raise DecodingError("--no-audio contradicts --formats wav")
         if self.num < 1:
             raise DecodingError(f"--num must be at least 1, got {self.num}")
         if self.max_tokens is not None and self.max_tokens < 2:
@@ -255,6 +262,7 @@ class DecodeSummary:
     invalid: list[str] = field(default_factory=list)  # "piece-003: reason"
     empty: list[str] = field(default_factory=list)  # pieces whose MIDI has no note
     audio_note: str | None = None  # why WAV files were not written
+    roll_note: str | None = None  # why piano rolls were not written
 
     @property
     def all_valid(self) -> bool:
@@ -273,12 +281,22 @@ class DecodeSummary:
             out += [f"INVALID {x}" for x in self.invalid] + [f"NO NOTES {x}" for x in self.empty]
         if self.audio_note:
             out.append(f"no WAV files: {self.audio_note}")
+        if self.roll_note:
+            out.append(f"no piano rolls: {self.roll_note}")
         return out
 
 
-def read_prompt(path: Path, tokenizer: MusicTokenizer) -> list[int]:
-    """One stream from a token file or a MIDI file (a :class:`DecodingError` for several)."""
+def read_prompt(
+    path: Path, tokenizer: MusicTokenizer, *, strict: bool = False, warn: Callable[[str], None] | None = None
+) -> list[int]:
+    """One stream from a token file or a MIDI file (a :class:`DecodingError` for several).
+
+    A MIDI file whose tokenizing loses content (:mod:`gramophone.tokenizers.losses`: a 7/8
+    prompt tokenized in 4/4, notes outside the pitch range ...): ``warn`` receives one line
+    per kind of loss (``PATH: what was lost``); with ``strict`` it is a one-line
+    :class:`~gramophone.errors.TokenFileError` instead."""
     from gramophone.tokenizers import read_token_file
+    from gramophone.tokenizers.losses import file_losses
 
     streams = read_token_file(path, tokenizer)
     if len(streams) != 1:
@@ -286,35 +304,81 @@ def read_prompt(path: Path, tokenizer: MusicTokenizer) -> list[int]:
             f"{path}: holds {len(streams)} streams (tracks); a prompt must be one stream "
             "(a single-track MIDI file or a token file with one stream)"
         )
+    for loss in file_losses(tokenizer, path, strict=strict):
+        if warn is not None:
+            warn(f"{path}: {loss.message}")
     return streams[0]
 
 
-def decode_to_folder(options: DecodeOptions, log: Callable[[str], None] | None = None) -> DecodeSummary:
-    """Decode ``options.num`` pieces and write, into ``options.out``: ``tokenizer.json``
-    and, per piece, ``piece-NNN.json`` (miditok token file) + ``.txt`` (token names),
-    ``.mid``, ``.png`` (piano roll) and ``.wav`` (unless ``audio=False`` or FluidSynth is
-    missing: then ``audio_note`` says why). Every piece is checked with the grammar checker.
+def output_formats(options: DecodeOptions) -> tuple[list[str], dict[str, str]]:
+    """The formats to write, in :data:`FORMATS` order, and why a default one is left out
+    (``{"roll": reason}``, ``{"wav": reason}``). A format asked for by name that the
+    installed extras cannot write is an error (one line saying what to install)."""
+    from gramophone.audio import AudioUnavailableError, check_wav
+
+    explicit = options.formats is not None
+    chosen = set(options.formats or ()) if explicit else {f for f in FORMATS if options.audio or f != "wav"}
+    left_out: dict[str, str] = {}
+    if "roll" in chosen and importlib.util.find_spec("matplotlib") is None:
+        reason = "matplotlib is not installed (pip install 'gramophone[audio]')"
+        if explicit:
+            raise DecodingError(f"--formats roll: {reason}")
+        chosen.discard("roll")
+        left_out["roll"] = reason
+    if "wav" in chosen:
+        try:
+            check_wav()
+        except AudioUnavailableError as exc:
+            if explicit:
+                raise DecodingError(f"--formats wav: {exc}") from None
+            chosen.discard("wav")
+            left_out["wav"] = str(exc)
+    return [f for f in FORMATS if f in chosen], left_out
+
+
+def piece_names(num: int) -> list[str]:
+    """``piece-000`` ... : zero-padded to at least 3 digits, so names sort in order."""
+    width = max(3, len(str(num - 1)))
+    return [f"piece-{i:0{width}d}" for i in range(num)]
+
+
+def decode_to_folder(
+    options: DecodeOptions,
+    log: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> DecodeSummary:
+    """Decode ``options.num`` pieces and write, into ``options.out``: ``tokenizer.json``,
+    ``summary.json`` and, per piece and chosen format (:func:`output_formats`),
+    ``piece-NNN.json`` (miditok token file) + ``.txt`` (token names), ``.mid``, ``.png``
+    (piano roll) and ``.wav`` (a note in the summary says why a default one is missing).
+    Every piece is checked with the grammar checker; ``warn`` receives what tokenizing a
+    MIDI prompt lost (:func:`read_prompt`; ``options.strict``: an error). The folder follows
+    :mod:`gramophone._outdir`: the files of a previous ``decode`` there are replaced, a
+    folder holding other files is refused.
     """
     from tqdm import tqdm
 
-    from gramophone.audio import AudioUnavailableError, piano_roll, render_wav
+    from gramophone._files import atomic_write
+    from gramophone._outdir import claim_output_folder
     from gramophone.grammar.checker import check_stream
-    from gramophone.tokenizers import decode_ids, write_token_file
+    from gramophone.tokenizers import save_tokenizer
+    from gramophone.tokenizers.learned import learned_vocab
 
     loaded = load_model(options.backend, options.checkpoint)
     budget = options.max_tokens if options.max_tokens is not None else loaded.config.max_len
-    prompt_ids = read_prompt(options.prompt, loaded.tokenizer) if options.prompt is not None else None
-    from gramophone.tokenizers.learned import learned_vocab
-
+    prompt_ids = None
+    if options.prompt is not None:
+        prompt_ids = read_prompt(options.prompt, loaded.tokenizer, strict=options.strict, warn=warn)
     learned = learned_vocab(loaded.tokenizer)
     tables, prompt = prepare(
         loaded.automaton, prompt_ids, budget, loaded.config.max_len, options, learned=learned
     )
-    out = Path(options.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GramophoneError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    formats, left_out = output_formats(options)
+    names = piece_names(options.num)
+    planned = ["tokenizer.json", "summary.json"]
+    planned += [n + suffix for n in names for f in formats for suffix in FORMATS[f]]
+    folder = claim_output_folder(options.out, "decode", planned)
+    out = folder.path
 
     sample = sampler_for(loaded.backend, loaded.params)
     with tqdm(total=options.num, desc="decoding", unit="piece", disable=not options.progress) as bar:
@@ -330,7 +394,7 @@ def decode_to_folder(options: DecodeOptions, log: Callable[[str], None] | None =
             on_batch=bar.update,
         )
 
-    loaded.tokenizer.save(out / "tokenizer.json")
+    save_tokenizer(loaded.tokenizer, out / "tokenizer.json")
     summary = DecodeSummary(
         backend=options.backend,
         out=out,
@@ -339,31 +403,30 @@ def decode_to_folder(options: DecodeOptions, log: Callable[[str], None] | None =
         generated=sum(len(s) - len(prompt.ids) for s in gen.streams),
         seconds=gen.seconds,
         compile_seconds=gen.compile_seconds,
+        audio_note=left_out.get("wav"),
+        roll_note=left_out.get("roll"),
     )
-    audio = options.audio
+    if log is not None:
+        for name, why in left_out.items():
+            log(f"no {'WAV files' if name == 'wav' else 'piano rolls'}: {why}")
     records = []
-    for i, ids in enumerate(tqdm(gen.streams, desc="writing", unit="piece", disable=not options.progress)):
-        stem = out / f"piece-{i:03d}"
-        write_token_file(stem.with_suffix(".json"), ids, loaded.tokenizer)
+    pieces = tqdm(
+        zip(names, gen.streams, strict=True),
+        total=options.num,
+        desc="writing",
+        unit="piece",
+        disable=not options.progress,
+    )
+    for name, ids in pieces:
         report = check_stream(tables.automaton, tables.learned.expand(ids)[0])
         if report.violation is not None:
-            summary.invalid.append(f"{stem.name}: {report.violation}")
-        score = decode_ids(loaded.tokenizer, ids)
-        notes = sum(len(t.notes) for t in score.tracks)
+            summary.invalid.append(f"{name}: {report.violation}")
+        notes = _write_piece(out / name, ids, loaded.tokenizer, formats, summary=summary, log=log)
         if notes == 0:
-            summary.empty.append(stem.name)
-        score.dump_midi(str(stem.with_suffix(".mid")))
-        piano_roll(score, stem.with_suffix(".png"), title=stem.name)
-        if audio:
-            try:
-                render_wav(stem.with_suffix(".mid"), stem.with_suffix(".wav"))
-            except AudioUnavailableError as exc:
-                summary.audio_note = str(exc)
-                audio = False
-                if log is not None:
-                    log(f"no WAV files: {exc}")
-        records.append({"piece": stem.name, "tokens": len(ids), "notes": notes, "valid": report.valid})
-    (out / "summary.json").write_text(
+            summary.empty.append(name)
+        records.append({"piece": name, "tokens": len(ids), "notes": notes, "valid": report.valid})
+    atomic_write(
+        out / "summary.json",
         json.dumps(
             {
                 "backend": options.backend,
@@ -375,12 +438,50 @@ def decode_to_folder(options: DecodeOptions, log: Callable[[str], None] | None =
                 "prompt": None if options.prompt is None else str(options.prompt),
                 "prompt_tokens": len(prompt.ids),
                 "bars": options.bars,
+                "formats": formats,
                 "seconds": summary.seconds,
                 "compile_seconds": summary.compile_seconds,
                 "pieces": records,
             },
             indent=2,
         )
-        + "\n"
+        + "\n",
     )
+    folder.finish()
     return summary
+
+
+def _write_piece(
+    stem: Path,
+    ids: list[int],
+    tokenizer: MusicTokenizer,
+    formats: list[str],
+    *,
+    summary: DecodeSummary,
+    log: Callable[[str], None] | None,
+) -> int:
+    """Write one piece in ``formats`` (``wav`` is dropped from ``formats`` with a note in
+    ``summary`` when FluidSynth fails); returns its number of notes."""
+    from gramophone.audio import AudioUnavailableError, piano_roll, render_wav
+    from gramophone.tokenizers import decode_ids, write_token_file
+
+    if "tokens" in formats:
+        write_token_file(stem.with_suffix(".json"), ids, tokenizer)
+    score = decode_ids(tokenizer, ids)
+    if "midi" in formats or "wav" in formats:
+        midi = stem.with_suffix(".mid") if "midi" in formats else stem.parent / f".{stem.name}.mid"
+        score.dump_midi(str(midi))
+        if "wav" in formats:
+            try:
+                render_wav(midi, stem.with_suffix(".wav"))
+            except AudioUnavailableError as exc:
+                summary.audio_note = str(exc)
+                formats.remove("wav")
+                if log is not None:
+                    log(f"no WAV files: {exc}")
+            finally:
+                if "midi" not in formats:
+                    midi.unlink(missing_ok=True)
+    if "roll" in formats:
+        piano_roll(score, stem.with_suffix(".png"), title=stem.name)
+    return sum(len(t.notes) for t in score.tracks)

@@ -25,9 +25,11 @@ Imported only when the JAX backend is chosen.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -36,19 +38,15 @@ import numpy as np
 from jax import lax
 
 from gramophone.decoding.loop import DecodeRequest, DecodeResult, lengths_of
-from gramophone.decoding.rules import FMAX, Sampling
 from gramophone.decoding.tables import DecodingTables
 from gramophone.kernels import jax as kernels
 
 __all__ = [
     "JaxModel",
-    "SamplingArrays",
     "backend_sampler",
-    "choose",
     "gpt_model",
     "prompt_bucket",
     "sample_jax",
-    "sanitize",
 ]
 
 Array = jax.Array
@@ -56,10 +54,9 @@ Array = jax.Array
 
 def enable_compilation_cache() -> None:
     """XLA's persistent compilation cache under gramophone's cache folder (every entry, not
-    only slow compiles); unwritable folders only cost the cache, never the run."""
-    import os
-
-    from gramophone._paths import cache_dir
+    only slow compiles; unreadable entries dropped first: :func:`drop_unreadable_entries`);
+    unwritable folders only cost the cache, never the run."""
+    from gramophone._files import cache_dir
 
     user_dir = getattr(jax.config, "jax_compilation_cache_dir", None)
     if os.environ.get("GRAMOPHONE_JAX_CACHE", "1") == "0" or user_dir:
@@ -67,11 +64,42 @@ def enable_compilation_cache() -> None:
     try:
         path = cache_dir() / "jax"
         path.mkdir(parents=True, exist_ok=True)
+        drop_unreadable_entries(path)
     except OSError:
         return
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_CHECKED = ".gramophone-checked"
+
+
+def drop_unreadable_entries(path: Path) -> int:
+    """Delete the entries of the compilation cache in ``path`` that do not decompress; returns
+    how many. JAX writes an entry in place and never replaces one, so an entry cut short (a
+    run killed while writing it) would otherwise be read, warned about and recompiled in
+    every run. Only entries written since the last check are read (a stamp file's time)."""
+    try:
+        from jax._src.compilation_cache import decompress_executable  # JAX's own entry codec
+    except ImportError:  # another JAX layout: JAX warns and recompiles, as before
+        return 0
+    stamp = path / _CHECKED
+    since = stamp.stat().st_mtime if stamp.exists() else 0.0
+    started = time.time()
+    dropped = 0
+    for entry in path.glob("*-cache"):
+        try:
+            if entry.stat().st_mtime >= since - 1.0:
+                decompress_executable(entry.read_bytes())
+        except OSError:  # removed meanwhile (evicted, another process)
+            continue
+        except Exception:  # truncated or foreign: gone, so JAX compiles and writes it again
+            entry.unlink(missing_ok=True)
+            dropped += 1
+    stamp.touch()
+    os.utime(stamp, (started, started))
+    return dropped
 
 
 enable_compilation_cache()
@@ -116,76 +144,6 @@ class _Static(NamedTuple):
     pad: int
 
 
-class SamplingArrays(NamedTuple):
-    """:class:`~gramophone.decoding.rules.Sampling` as traced scalars: changing the rules
-    never recompiles (the filters that are off are skipped by ``lax.cond``)."""
-
-    greedy: Array  # bool
-    temperature: Array  # float32
-    use_top_k: Array  # bool
-    top_k: Array  # int32
-    use_top_p: Array  # bool
-    top_p: Array  # float32
-
-    @classmethod
-    def of(cls, s: Sampling) -> SamplingArrays:
-        return cls(
-            jnp.asarray(s.greedy),
-            jnp.asarray(s.temperature, jnp.float32),
-            jnp.asarray(s.uses_top_k),
-            jnp.asarray(s.top_k or 1, jnp.int32),
-            jnp.asarray(s.uses_top_p),
-            jnp.asarray(s.top_p or 1.0, jnp.float32),
-        )
-
-
-def sanitize(logits: Array, allowed: Array | None) -> Array:
-    """Rule 2 (see :func:`gramophone.decoding.rules.sanitize`); ``allowed=None``: all."""
-    x = jnp.nan_to_num(logits.astype(jnp.float32), nan=-FMAX, posinf=FMAX, neginf=-FMAX)
-    if allowed is not None:
-        x = jnp.where(allowed, x, -jnp.inf)
-    m = x.max(axis=-1, keepdims=True)
-    return x - jnp.where(jnp.isfinite(m), m, 0.0)
-
-
-def _top_k(x: Array, k: Array) -> Array:
-    """Rule 5: keep logits >= the k-th largest (ties kept)."""
-    B, V = x.shape
-    ascending = jnp.sort(x, axis=-1)
-    kth = jnp.take_along_axis(ascending, jnp.full((B, 1), V - jnp.minimum(k, V), jnp.int32), axis=-1)
-    return jnp.where(x >= kth, x, -jnp.inf)
-
-
-def _top_p(x: Array, p: Array) -> Array:
-    """Rule 6: the smallest prefix of mass >= p, by decreasing probability (ties kept)."""
-    q = jax.nn.softmax(x, axis=-1)  # (B, V)
-    qs = -jnp.sort(-q, axis=-1)  # decreasing
-    cum = jnp.cumsum(qs, axis=-1)
-    excl = jnp.concatenate([jnp.zeros_like(cum[:, :1]), cum[:, :-1]], axis=-1)
-    n_keep = (excl < p).sum(axis=-1, keepdims=True)  # >= 1
-    return jnp.where(q >= jnp.take_along_axis(qs, n_keep - 1, axis=-1), x, -jnp.inf)
-
-
-def choose(
-    logits: Array, allowed: Array | None, key: Array, sampling: SamplingArrays, gumbel: Array | None = None
-) -> Array:
-    """Rules 2-7 (:mod:`gramophone.decoding.rules`) in jnp: int32[B]. ``gumbel`` float32[B, V]:
-    the noise (default: drawn from ``key``)."""
-    x = sanitize(logits, allowed)
-
-    def sample(x: Array) -> Array:
-        x = x / sampling.temperature
-        x = lax.cond(sampling.use_top_k, _top_k, lambda x, _: x, x, sampling.top_k)
-        x = lax.cond(sampling.use_top_p, _top_p, lambda x, _: x, x, sampling.top_p)
-        g = jax.random.gumbel(key, x.shape, jnp.float32) if gumbel is None else gumbel
-        return jnp.argmax(x + g, axis=-1).astype(jnp.int32)
-
-    def greedy(x: Array) -> Array:
-        return jnp.argmax(x, axis=-1).astype(jnp.int32)
-
-    return lax.cond(sampling.greedy, greedy, sample, x)
-
-
 class _Inputs(NamedTuple):
     """The traced arguments of the loop besides the model's own."""
 
@@ -194,7 +152,7 @@ class _Inputs(NamedTuple):
     budget: Array  # int32 scalar
     state0: Array  # int32[B, G]
     tabs: kernels.JaxTables
-    sampling: SamplingArrays
+    sampling: kernels.SamplingArrays
     key: Array  # PRNG key
 
 
@@ -228,7 +186,7 @@ def _generate(static: _Static, args: Any, inputs: _Inputs) -> tuple[Array, Array
         t, buf, cache, logits, state, ended, key = carry
         key, sub = jax.random.split(key)
         allowed = kernels.allowed(tabs, state, budget - t) if static.constrained else None  # (B, V)
-        tok = choose(logits, allowed, sub, sampling)
+        tok = kernels.choose(logits, allowed, sub, sampling)
         tok = jnp.where(ended, static.pad, tok)  # (B,)
         buf = lax.dynamic_update_slice(buf, tok[:, None], (0, t))
         if static.constrained:
@@ -279,7 +237,7 @@ def sample_jax(model: JaxModel, args: Any, tables: DecodingTables, request: Deco
         jnp.asarray(N, jnp.int32),
         jnp.tile(jnp.asarray(np.asarray(request.state), jnp.int32)[None, :], (B, 1)),
         kernels.device_tables(tables),
-        SamplingArrays.of(request.sampling),
+        kernels.SamplingArrays.of(request.sampling),
         jax.random.key(request.seed),
     )
     dyn = (args, inputs)

@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gramophone.decoding import rules
 from gramophone.decoding.rules import Sampling
 from gramophone.decoding.tables import DecodingTables
 from gramophone.errors import DecodingError
@@ -40,7 +39,7 @@ class DecodeRequest:
     """One batch to decode.
 
     ``prompt``: ids, BOS first (all rows share it); ``state``: the automaton state after it,
-    ``int32[G]`` (:func:`~gramophone.decoding.tables.prepare_prompt`); ``budget``: the
+    ``int32[G]`` (:func:`~gramophone.decoding.prompt.prepare_prompt`); ``budget``: the
     length of every output stream, prompt, BOS and EOS included (``<= capacity``);
     ``capacity``: the KV cache length (default ``budget``); ``constrained=False`` samples
     without the automaton (benchmarks); ``stop_early``: stop once every row has ended.
@@ -142,7 +141,7 @@ def sample_numpy(model: NumpyModel, tables: DecodingTables, request: DecodeReque
         allowed = kernels.allowed(tables, state, N - t) if request.constrained else np.ones((B, V), bool)
         gumbel = rng.gumbel(size=(B, V)).astype(np.float32)
         with np.errstate(over="ignore", invalid="ignore"):
-            tok = rules.choose(np.asarray(logits), allowed, request.sampling, gumbel)
+            tok = kernels.choose(np.asarray(logits), allowed, request.sampling, gumbel)
         tok = np.where(ended, tables.pad, tok).astype(np.int32)
         tokens[:, t] = tok
         if request.constrained:

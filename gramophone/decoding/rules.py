@@ -5,7 +5,7 @@ and :func:`gramophone.decoding.loop.sample_numpy`) applies exactly these rules, 
 to a batch of ``B`` streams over a vocabulary of ``V`` tokens. Each stream carries its own
 automaton state ``int32[G]`` (one local state per group of components, see
 :class:`~gramophone.decoding.tables.DecodingTables`). Rules 1 and 9 are the kernels of
-:mod:`gramophone.kernels` (one module per framework); rules 2-8 are written here.
+:mod:`gramophone.kernels` (one module per framework), and so are rules 2-7 (``choose``).
 
 At step ``t`` (the token written at position ``t``; ``budget - t`` tokens may still be
 written, this one included):
@@ -16,7 +16,7 @@ written, this one included):
    ``dist(state_t) <= budget - t``; it holds after a valid prompt whose completion fits
    (checked before decoding) and every allowed token keeps it, so some token is always
    allowed and every stream ends with EOS by ``budget``.
-2. **Sanitize** (:func:`sanitize`): NaN and -inf logits become the most negative float32,
+2. **Sanitize** (``kernels.*.sanitize``): NaN and -inf logits become the most negative float32,
    +inf the largest, so that no model output can make the rules fail; forbidden tokens get
    -inf; the row is shifted so that its largest allowed logit is exactly 0. A row whose
    allowed logits are all equal (e.g. all -inf from the model) is uniform over them.
@@ -36,8 +36,10 @@ written, this one included):
    stays put; the loop stops when every stream has ended or ``t == budget``.
 9. **Advance**, ``kernels.*.advance``: each group's state moves by its row.
 
-The functions below are that specification in numpy (float32, like the device loops); the
-tests hold the torch and JAX versions to them token for token on the same noise.
+Rules 2-7 are written once per framework, beside the mask kernels: ``choose`` in
+:mod:`gramophone.kernels.numpy` (the reference, float32 like the device loops),
+:mod:`gramophone.kernels.torch` and :mod:`gramophone.kernels.jax`; the tests hold the torch
+and JAX versions to the numpy one token for token on the same noise.
 """
 
 from __future__ import annotations
@@ -49,15 +51,7 @@ import numpy as np
 
 from gramophone.errors import DecodingError
 
-__all__ = [
-    "FMAX",
-    "INF",
-    "Sampling",
-    "apply_top_k",
-    "apply_top_p",
-    "choose",
-    "sanitize",
-]
+__all__ = ["FMAX", "INF", "Sampling"]
 
 INF = 1 << 30
 """Distance of a state that cannot reach acceptance (and of the dead state)."""
@@ -102,56 +96,3 @@ class Sampling:
     @property
     def uses_top_p(self) -> bool:
         return not self.greedy and self.top_p is not None and self.top_p < 1.0
-
-
-# ----------------------------------------------------------------------------- logits
-
-
-def sanitize(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """Rule 2. float32[B, V]: finite logits shifted so the best allowed one is 0; -inf on
-    forbidden tokens. Rows with nothing allowed come out all -inf (never sampled from)."""
-    x = np.nan_to_num(np.asarray(logits, np.float32), nan=-FMAX, posinf=FMAX, neginf=-FMAX)
-    x = np.where(allowed, x, np.float32(-np.inf))
-    m = x.max(axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, np.float32(0))
-    with np.errstate(over="ignore", invalid="ignore"):
-        return (x - m).astype(np.float32)
-
-
-def apply_top_k(x: np.ndarray, k: int) -> np.ndarray:
-    """Rule 5 on sanitized logits ``x`` float32[B, V]."""
-    V = x.shape[-1]
-    kth = -np.sort(-x, axis=-1)[:, min(k, V) - 1 : min(k, V)]  # (B, 1)
-    return np.where(x >= kth, x, np.float32(-np.inf))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))  # x's max is 0 after sanitize; safe anyway
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def apply_top_p(x: np.ndarray, p: float) -> np.ndarray:
-    """Rule 6 on sanitized (tempered, top-k'd) logits ``x`` float32[B, V]."""
-    q = _softmax(x).astype(np.float32)  # (B, V)
-    qs = -np.sort(-q, axis=-1)  # (B, V), decreasing
-    cum = np.cumsum(qs, axis=-1, dtype=np.float32)
-    excl = np.concatenate([np.zeros_like(cum[:, :1]), cum[:, :-1]], axis=-1)  # mass before each
-    n_keep = (excl < np.float32(p)).sum(axis=-1, keepdims=True)  # >= 1
-    q_min = np.take_along_axis(qs, n_keep - 1, axis=-1)  # (B, 1)
-    return np.where(q >= q_min, x, np.float32(-np.inf))
-
-
-def choose(logits: np.ndarray, allowed: np.ndarray, sampling: Sampling, gumbel: np.ndarray) -> np.ndarray:
-    """Rules 2-7: the token of each row, int32[B]. ``logits`` float32[B, V] from the model,
-    ``allowed`` bool[B, V], ``gumbel`` float32[B, V] standard Gumbel noise (unused if greedy)."""
-    x = sanitize(logits, allowed)
-    if sampling.greedy:
-        return x.argmax(axis=-1).astype(np.int32)
-    x = (x / np.float32(sampling.temperature)).astype(np.float32)
-    if sampling.uses_top_k:
-        assert sampling.top_k is not None
-        x = apply_top_k(x, sampling.top_k)
-    if sampling.uses_top_p:
-        assert sampling.top_p is not None
-        x = apply_top_p(x, sampling.top_p)
-    return (x + gumbel.astype(np.float32)).argmax(axis=-1).astype(np.int32)

@@ -1,10 +1,10 @@
 """What a decoding loop receives: per-group rows over the model's vocabulary and one
 distance table over the groups' states (plain numpy, framework-neutral).
 
-**The decoding language.** Decoding intersects the grammar's automaton with two more
-components (:func:`framing_component`, :func:`min_notes_component`): a stream starts with
-BOS, ends with EOS (PAD only after it), and holds at least one note (REMI allows a piece of
-bar headers only). ``--bars N`` adds a bar counter.
+**The decoding language** is the grammar's automaton with BOS/EOS framing, at least one
+note, and ``--bars N``'s counter (:mod:`~gramophone.decoding.framing`); prompts are checked
+and stepped in :mod:`~gramophone.decoding.prompt`; the distance search lives in
+:mod:`~gramophone.decoding.distance`. This module builds the tables and caches the product.
 
 **No table of product states x vocabulary.** A dense product table ``int32[S, V]`` is 47 MiB
 for the shipped REMI config (54k states x 229 tokens) and would be 6.5 GB with a 30k BPE
@@ -46,10 +46,11 @@ budget is still respected, but a piece may, rarely, be cut before its end in the
 
 **Trained vocabularies.** A learned token is allowed iff its base sequence is valid from
 the state and leaves a piece completable within the budget (and it is not a mix of special
-and other tokens, nor a second id of a special token: a piece ends with the one EOS id). Distances count base tokens;
-every base token the grammar uses is also a learned token (checked), so a completion always
-fits: the mask is safe, and conservative only in the last ``max_distance`` steps (where a
-completion in fewer, longer learned tokens would also fit).
+and other tokens, nor a second id of a special token: a piece ends with the one EOS id).
+Distances count base tokens; every base token the grammar uses is also a learned token
+(checked), so a completion always fits: the mask is safe, and conservative only in the
+last ``max_distance`` steps (where a completion in fewer, longer learned tokens would also
+fit).
 """
 
 from __future__ import annotations
@@ -58,214 +59,35 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gramophone._paths import cache_dir
+from gramophone._files import atomic_write, cache_dir, code_hash
 from gramophone._version import __version__
+from gramophone.decoding.distance import layered_distance
+from gramophone.decoding.framing import BOS, EOS, PAD, decoding_automaton
 from gramophone.decoding.rules import INF
 from gramophone.errors import DecodingError, GramophoneError
 from gramophone.grammar import REJECT, Automaton, Component
-from gramophone.grammar.checker import check_stream
-from gramophone.grammar.constraints import bars_component
 from gramophone.tokenizers.learned import LearnedVocab, lift
 
 if TYPE_CHECKING:
     from miditok import MusicTokenizer
 
-__all__ = [
-    "DecodingTables",
-    "PreparedPrompt",
-    "decoding_automaton",
-    "decoding_tables",
-    "framing_component",
-    "layered_distance",
-    "min_notes_component",
-    "prepare_prompt",
-    "tables_for",
-]
+__all__ = ["DecodingTables", "decoding_tables", "tables_for"]
 
 log = logging.getLogger(__name__)
 
-BOS, EOS, PAD = "BOS_None", "EOS_None", "PAD_None"
 NOTE_KINDS = ("Pitch", "PitchDrum", "NoteOn", "DrumOn")
 _CACHE_FORMAT = 2
 MAX_CELLS = 1 << 28  # largest cartesian distance table (bytes at uint8)
 NEUTRAL_CELLS = 1 << 22  # above this, neutral groups are left out of the distance
 MAX_GROUP_ROWS = 4096  # largest merged group
-
-
-def _kind(token: str) -> str:
-    return token.partition("_")[0]
-
-
-def framing_component(vocab: Sequence[str]) -> Component:
-    """BOS first, EOS last, PAD only after EOS: states 0 (before BOS), 1 (body), 2 (ended,
-    the only accepting one). Raises :class:`DecodingError` without BOS or EOS tokens."""
-    index = {tok: i for i, tok in enumerate(vocab)}
-    missing = [t for t in (BOS, EOS) if t not in index]
-    if missing:
-        raise DecodingError(
-            f"decoding needs the special tokens {BOS} and {EOS}; the vocabulary lacks {', '.join(missing)}"
-        )
-    specials = np.array([_kind(t) in ("BOS", "EOS", "PAD", "MASK") for t in vocab])
-    T = np.full((3, len(vocab)), REJECT, dtype=np.int32)
-    T[0, index[BOS]] = 1
-    T[1, ~specials] = 1
-    T[1, index[EOS]] = 2
-    if PAD in index:
-        T[2, index[PAD]] = 2
-    return Component("framing", T, np.array([False, False, True]), 0)
-
-
-def min_notes_component(vocab: Sequence[str], notes: int = 1) -> Component:
-    """At least ``notes`` note tokens (Pitch/PitchDrum): a saturating counter 0..notes."""
-    S = notes + 1
-    T = np.tile(np.arange(S, dtype=np.int32)[:, None], (1, len(vocab)))
-    is_note = np.array([_kind(t) in NOTE_KINDS for t in vocab])
-    T[:, is_note] = np.minimum(np.arange(S) + 1, notes)[:, None]
-    return Component(f"notes>={notes}", T, np.arange(S) == notes, 0)
-
-
-def _ends_only_when_accepting(component: Component, vocab: Sequence[str]) -> Component:
-    """``component`` with EOS forbidden in its non-accepting states. Under the framing
-    component nothing but PAD follows EOS, so the language is the same; but without this an
-    EOS before the last note (or bar) would be a token every component accepts that leads
-    to a dead end, and the cheap mask (see the module docstring) could not be used."""
-    if EOS not in vocab:
-        return component
-    T = component.transitions.copy()
-    T[~component.accepting, list(vocab).index(EOS)] = REJECT
-    c = component
-    return Component(c.name, T, c.accepting, c.start, dict(c.info), c.neutral)
-
-
-def decoding_automaton(automaton: Automaton, bars: int | None = None) -> Automaton:
-    """The grammar + framing (+ at least one note when the vocabulary has notes) + an exact
-    bar count. Its checker states why a stream is not a valid decoder output."""
-    vocab = automaton.vocab
-    out = automaton.with_component(framing_component(vocab))
-    if any(_kind(t) in NOTE_KINDS for t in vocab):
-        out = out.with_component(_ends_only_when_accepting(min_notes_component(vocab), vocab))
-    if bars is not None:
-        if bars < 1:
-            raise DecodingError(f"--bars must be at least 1, got {bars}")
-        if "Bar_None" not in automaton.token_index:
-            raise DecodingError("--bars needs Bar_None in the vocabulary")
-        out = out.with_component(_ends_only_when_accepting(bars_component(vocab, bars), vocab))
-    return out
-
-
-# ----------------------------------------------------------------------------- distances
-
-
-def _reverse_csr(T: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Predecessors of each state along ``tokens`` (bool[V]): ``(sources, starts)`` with the
-    predecessors of ``s`` in ``sources[starts[s]:starts[s+1]]``."""
-    S = T.shape[0]
-    sub = T[:, tokens]
-    src, col = np.nonzero(sub != REJECT)
-    dst = sub[src, col]
-    order = np.argsort(dst, kind="stable")
-    return src[order].astype(np.int64), np.searchsorted(dst[order], np.arange(S + 1)).astype(np.int64)
-
-
-def _gather_ranges(values: np.ndarray, starts: np.ndarray, nodes: np.ndarray) -> np.ndarray:
-    """Concatenation of ``values[starts[n]:starts[n+1]]`` for every ``n`` in ``nodes``."""
-    lo, hi = starts[nodes], starts[nodes + 1]
-    lengths = hi - lo
-    total = int(lengths.sum())
-    if total == 0:
-        return values[:0]
-    offsets = np.repeat(lo - (np.cumsum(lengths) - lengths), lengths)
-    return values[offsets + np.arange(total)]
-
-
-def _dial(csr: tuple[np.ndarray, np.ndarray], init: np.ndarray, limit: int) -> np.ndarray:
-    """Backward BFS with unit edges from sources at distances ``init`` (``INF``: none):
-    ``int64[S]``, distances above ``limit`` reported as ``INF``."""
-    rsrc, starts = csr
-    dist = init.astype(np.int64).copy()
-    finite = dist < INF
-    if not finite.any():
-        return dist
-    d, hi = int(dist[finite].min()), int(dist[finite].max())
-    while d <= min(hi, limit):
-        frontier = np.nonzero(dist == d)[0]
-        if frontier.size:
-            preds = _gather_ranges(rsrc, starts, frontier)
-            better = preds[dist[preds] > d + 1]
-            if better.size:
-                dist[better] = d + 1
-                hi = max(hi, d + 1)
-        d += 1
-    dist[dist > limit] = INF
-    return dist
-
-
-def _side_order(side_T: np.ndarray) -> list[int]:
-    """Side states in an order where every non-self-loop edge goes to an earlier state
-    (reverse topological); ``DecodingError`` if the side automaton has a longer cycle."""
-    K = side_T.shape[0]
-    succ = [set(side_T[k][(side_T[k] != REJECT) & (side_T[k] != k)].tolist()) for k in range(K)]
-    order: list[int] = []
-    mark = [0] * K  # 0 new, 1 on stack, 2 done
-    for root in range(K):
-        if mark[root]:
-            continue
-        stack = [(root, iter(sorted(succ[root])))]
-        mark[root] = 1
-        while stack:
-            node, it = stack[-1]
-            nxt = next(it, None)
-            if nxt is None:
-                stack.pop()
-                mark[node] = 2
-                order.append(node)
-            elif mark[nxt] == 1:
-                raise DecodingError("a side constraint must be a counter (no cycles except self-loops)")
-            elif mark[nxt] == 0:
-                mark[nxt] = 1
-                stack.append((nxt, iter(sorted(succ[nxt]))))
-    return order
-
-
-def layered_distance(
-    T: np.ndarray, accepting: np.ndarray, side_T: np.ndarray, side_accepting: np.ndarray, limit: int = INF - 1
-) -> np.ndarray:
-    """``int32[K, S]``: fewest tokens from ``(s, k)`` to a state accepting in both automata.
-
-    ``T`` int32[S, V] and ``accepting`` bool[S]: the dense automaton; ``side_T`` int32[K, V]
-    and ``side_accepting`` bool[K]: a counter (acyclic but for self-loops). Side states are
-    processed children first; layer ``k`` is a BFS over the dense graph restricted to the
-    tokens that loop on ``k``, seeded with 0 at accepting states and with ``1 + dist`` of
-    the layer each other token leads to. Distances above ``limit`` (and "never") are
-    :data:`INF`.
-    """
-    S, K = T.shape[0], side_T.shape[0]
-    D = np.full((K, S), INF, dtype=np.int64)
-    csr_cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
-    for k in _side_order(side_T):
-        row = side_T[k]
-        loop = row == k
-        init = np.where(accepting & side_accepting[k], 0, INF).astype(np.int64)
-        for v in np.nonzero((row != REJECT) & ~loop)[0].tolist():
-            nxt = T[:, v]
-            ok = nxt != REJECT
-            cand = 1 + D[row[v], nxt[ok]]
-            init[ok] = np.minimum(init[ok], cand)
-        key = np.packbits(loop).tobytes()
-        csr = csr_cache.get(key)
-        if csr is None:
-            csr = csr_cache[key] = _reverse_csr(T, loop)
-        D[k] = _dial(csr, np.minimum(init, INF), limit)
-    return np.minimum(D, INF).astype(np.int32)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -373,12 +195,7 @@ def _save_npz(path: os.PathLike[str] | str, **arrays: np.ndarray) -> None:
     try:
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
+        atomic_write(path, buf.getvalue())
     except OSError as exc:
         log.warning("could not write the decoding cache %s: %s", path, exc)
 
@@ -390,27 +207,25 @@ def _load_npz(path: os.PathLike[str] | str, keys: Sequence[str]) -> dict[str, np
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in keys}
-    except Exception as exc:  # any unreadable cache entry is rebuilt
-        log.warning("rebuilding the decoding cache entry %s: %s", path, exc)
+    except Exception as exc:  # any unreadable cache entry is rebuilt, silently
+        log.info("rebuilding the decoding cache entry %s: %s", path, exc)
         return None
 
 
 def _key(*parts: object) -> str:
-    from gramophone.grammar.schemes import _code_hash
+    from gramophone.grammar.schemes import automaton_code_hash
 
-    text = "/".join(map(str, (*parts, _CACHE_FORMAT, __version__, _code_hash(), _module_hash())))
+    code = (automaton_code_hash(), code_hash([__file__]))  # the grammar's code and this module
+    text = "/".join(map(str, (*parts, _CACHE_FORMAT, __version__, *code)))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _module_hash() -> str:
-    with open(__file__, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()[:16]
 
 
 def _product(auto: Automaton, use_cache: bool) -> dict[str, np.ndarray]:
     """The reachable product of ``auto``'s components (base tokens): ``T int32[S, V]``,
     ``accepting``, ``tuples int32[S, K]``, ``dist int32[S]`` (INF: never), cached."""
-    path = cache_dir() / "decoding" / f"product-{_key(auto.hash)}.npz"
+    # keyed on the tables as they are (digest), not on the language (hash): the product's
+    # states are tuples of these components' state numbers
+    path = cache_dir() / "decoding" / f"product-{_key(auto.digest)}.npz"
     keys = ("T", "accepting", "tuples", "dist")
     got = _load_npz(path, keys) if use_cache else None
     if got is not None:
@@ -472,146 +287,28 @@ def decoding_tables(
         raise DecodingError("the learned vocabulary is not over this automaton's base vocabulary")
     groups = _plan_groups([c.num_states for c in comps])
     bar_comp = len(comps) - 1 if bars is not None else None
-
-    # Which groups the distance covers: all when the cartesian fits, else drop the largest
-    # all-accepting (safety) groups first.
-    def cells(gs: Sequence[list[int]]) -> int:
-        return int(np.prod([np.prod([comps[i].num_states for i in g]) + 1 for g in gs], dtype=np.float64))
-
-    in_dist = list(range(len(groups)))
-
-    def neutral(g: int) -> bool:
-        return all(comps[i].neutral and comps[i].accepting.all() for i in groups[g])
-
-    def rows_of(g: int) -> int:
-        return int(np.prod([comps[i].num_states for i in groups[g]]))
-
-    if cells(groups) > min(max_cells, NEUTRAL_CELLS):
-        # leave out every neutral group (exactness kept, and a smaller product to search);
-        # then, only if still too large, other safety groups (every state accepting),
-        # largest first, and the distance is no longer exact
-        in_dist = [g for g in in_dist if not neutral(g)]
-        others = sorted(
-            (g for g in in_dist if all(comps[i].accepting.all() for i in groups[g])),
-            key=lambda g: -rows_of(g),
-        )
-        for g in others:
-            if cells([groups[h] for h in in_dist]) <= max_cells:
-                break
-            in_dist.remove(g)
-    if cells([groups[g] for g in in_dist]) > max_cells:
-        raise GramophoneError("the distance table of this grammar is too large to decode with")
-    exact = all(neutral(g) for g in range(len(groups)) if g not in in_dist)
-
-    # Reachable product of the distance components (without the bar counter), then the
-    # bar counter's layers by the layered search.
+    in_dist, exact = _distance_groups(comps, groups, max_cells)
+    timings: dict[str, float] = {}
+    T, layers, tuples, side_T = _distance_layers(
+        full, groups, in_dist, bar_comp, use_cache=use_cache, timings=timings
+    )
     dist_comps = [i for g in in_dist for i in groups[g] if i != bar_comp]
+    dist, strides, dist_inf, max_d = _cartesian(
+        comps, groups, in_dist, dist_comps, bar_comp=bar_comp, layers=layers, tuples=tuples
+    )
+    dead_end = _has_dead_end(T, layers, side_T)
     t0 = time.perf_counter()
-    dense_auto = Automaton(full.vocab, tuple(comps[i] for i in dist_comps), "", {})
-    prod = _product(dense_auto, use_cache)
-    timings = {"product_s": time.perf_counter() - t0}
-    T, acc, tuples = prod["T"], prod["accepting"], prod["tuples"]
-    timings["product_states"] = float(T.shape[0])
-    if bar_comp is not None and any(bar_comp in groups[g] for g in in_dist):
-        t0 = time.perf_counter()
-        side = comps[bar_comp]
-        layers = layered_distance(T, acc, side.transitions, side.accepting)  # (K, S)
-        timings["layered_distance_s"] = time.perf_counter() - t0
-        side_T = side.transitions
-    else:
-        layers = prod["dist"][None, :]
-        side_T = None
-    K, S = layers.shape
-
-    # Cartesian cells: stride of each distance group (its dead state included).
-    g_sizes = [int(np.prod([comps[i].num_states for i in g])) for g in groups]
-    strides = np.zeros(len(groups), dtype=np.int64)
-    acc_stride = 1
-    for g in in_dist:
-        strides[g] = acc_stride
-        acc_stride *= g_sizes[g] + 1
-    n_cells = acc_stride
-    finite = layers[layers < INF]
-    max_d = int(finite.max()) if finite.size else 0
-    dtype = np.uint8 if max_d < 255 else np.uint16
-    if max_d >= 65535:
-        raise GramophoneError("distances beyond 65,534 tokens are not supported")
-    dist_inf = int(np.iinfo(dtype).max)
-    dist = np.full(n_cells, dist_inf, dtype=dtype)
-    col = {i: k for k, i in enumerate(dist_comps)}
-    for k in range(K):
-        flat = np.zeros(S, dtype=np.int64)
-        for g in in_dist:
-            inner = 1
-            local = np.zeros(S, dtype=np.int64)
-            for i in groups[g]:
-                s_c = np.full(S, k, dtype=np.int64) if i == bar_comp else tuples[:, col[i]].astype(np.int64)
-                local += s_c * inner
-                inner *= comps[i].num_states
-            flat += local * strides[g]
-        d = layers[k]
-        dist[flat] = np.where(d < INF, d, dist_inf).astype(dtype)
-
-    # No dead end among reachable states: every valid base token from a state with a finite
-    # distance leads to a finite distance (then the cheap mask is exact far from the end).
-    dead_end = False
-    for k in range(K):
-        ok = layers[k] < INF
-        nxt = T[ok]  # (n, V)
-        nk = np.full(nxt.shape, k) if side_T is None else np.broadcast_to(side_T[k], nxt.shape)
-        valid = (nxt != REJECT) & (nk != REJECT)
-        d_next = np.where(valid, layers[np.where(nk == REJECT, 0, nk), np.where(nxt == REJECT, 0, nxt)], 0)
-        if (d_next[valid] >= INF).any():
-            dead_end = True
-            break
-
-    # Rows over the model vocabulary.
-    t0 = time.perf_counter()
-    rows = [_lifted_rows(comps, g, learned) for g in groups]
+    nexts, valids = _model_rows(automaton, comps, groups, learned)
     timings["rows_s"] = time.perf_counter() - t0
-    starts: list[int] = []
-    for group in groups:
-        inner, start_local = 1, 0
-        for i in group:
-            start_local += comps[i].start * inner
-            inner *= comps[i].num_states
-        starts.append(start_local)
-
-    base_index = automaton.token_index
-    if learned.trained:
-        used = np.ones(len(learned.base), bool)  # tokens every component accepts somewhere
-        for c in comps:
-            used &= (c.transitions != REJECT).any(axis=0)
-        missing = [learned.base[b] for b in np.nonzero(used & (learned.single < 0))[0]]
-        if missing:
-            raise DecodingError(
-                f"the trained vocabulary has no single token for {', '.join(missing[:4])}: "
-                "a length-aware mask cannot guarantee an ending"
-            )
-
-    def model_id(name: str) -> int:
-        return int(learned.single[base_index[name]]) if learned.trained else base_index[name]
-
-    if learned.trained:
-        # a learned token that holds BOS, EOS or PAD among other tokens (Unigram learns
-        # "PAD BOS PAD") is never allowed, nor a second id of a lone special token (Unigram
-        # has two ids that read as EOS): a stream ends with the one EOS id the loops stop at
-        specials = {base_index[t] for t in (BOS, EOS, PAD) if t in base_index}
-        canonical = {int(learned.single[b]) for b in specials}
-        mixed = [
-            v
-            for v, piece in enumerate(learned.pieces)
-            if specials & set(piece) and (len(piece) > 1 or v not in canonical)
-        ]
-        if mixed:
-            dead0 = rows[0][0].shape[0] - 1
-            rows[0][0][:, mixed] = dead0
-            rows[0][1][:, mixed] = False
-    nexts = tuple(r[0] for r in rows)
-    valids = tuple(r[1] for r in rows)
+    starts = [_local_state(comps, g, [comps[i].start for i in g]) for g in groups]
     for a in (*nexts, *valids, dist, strides):
         a.flags.writeable = False
     timings["total_s"] = time.perf_counter() - t_start
+
+    def model_id(name: str) -> int:
+        b = automaton.token_index[name]
+        return int(learned.single[b]) if learned.trained else b
+
     return DecodingTables(
         next=nexts,
         valid=valids,
@@ -622,7 +319,7 @@ def decoding_tables(
         start=np.array(starts, dtype=np.int32),
         bos=model_id(BOS),
         eos=model_id(EOS),
-        pad=model_id(PAD) if PAD in base_index else model_id(EOS),
+        pad=model_id(PAD) if PAD in automaton.token_index else model_id(EOS),
         automaton=full,
         learned=learned,
         groups=tuple(tuple(comps[i].name for i in g) for g in groups),
@@ -630,6 +327,160 @@ def decoding_tables(
         bars=bars,
         meta=timings,
     )
+
+
+def _local_state(comps: Sequence[Component], group: Sequence[int], states: Sequence[Any]) -> Any:
+    """A group's local state from its components' states (the first component varies fastest)."""
+    inner, local = 1, 0
+    for i, s in zip(group, states, strict=True):
+        local += s * inner
+        inner *= comps[i].num_states
+    return local
+
+
+def _distance_groups(
+    comps: Sequence[Component], groups: Sequence[list[int]], max_cells: int
+) -> tuple[list[int], bool]:
+    """The groups the distance table covers, and whether it stays exact: all groups when
+    their cartesian fits, else every neutral group left out (exact still), then, only if
+    still too large, other safety groups (every state accepting), largest first (inexact)."""
+
+    def size(g: int) -> int:
+        return int(np.prod([comps[i].num_states for i in groups[g]]))
+
+    def cells(gs: Sequence[int]) -> int:
+        return int(np.prod([size(g) + 1 for g in gs], dtype=np.float64))
+
+    def neutral(g: int) -> bool:
+        return all(comps[i].neutral and comps[i].accepting.all() for i in groups[g])
+
+    in_dist = list(range(len(groups)))
+    if cells(in_dist) > min(max_cells, NEUTRAL_CELLS):
+        in_dist = [g for g in in_dist if not neutral(g)]
+        safety = [g for g in in_dist if all(comps[i].accepting.all() for i in groups[g])]
+        for g in sorted(safety, key=lambda g: -size(g)):
+            if cells(in_dist) <= max_cells:
+                break
+            in_dist.remove(g)
+    if cells(in_dist) > max_cells:
+        raise GramophoneError("the distance table of this grammar is too large to decode with")
+    return in_dist, all(neutral(g) for g in range(len(groups)) if g not in in_dist)
+
+
+def _distance_layers(
+    full: Automaton,
+    groups: Sequence[list[int]],
+    in_dist: Sequence[int],
+    bar_comp: int | None,
+    *,
+    use_cache: bool,
+    timings: dict[str, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The reachable product of the distance components but the bar counter (``T``,
+    ``tuples``), and the distances ``layers int32[K, S]`` per bar-counter state ``k`` (one
+    layer without a counter), with the counter's transitions (``side_T``, or None)."""
+    comps = full.components
+    dist_comps = [i for g in in_dist for i in groups[g] if i != bar_comp]
+    t0 = time.perf_counter()
+    prod = _product(Automaton(full.vocab, tuple(comps[i] for i in dist_comps), "", {}), use_cache)
+    timings["product_s"] = time.perf_counter() - t0
+    T, acc, tuples = prod["T"], prod["accepting"], prod["tuples"]
+    timings["product_states"] = float(T.shape[0])
+    if bar_comp is None or not any(bar_comp in groups[g] for g in in_dist):
+        return T, prod["dist"][None, :], tuples, None
+    t0 = time.perf_counter()
+    side = comps[bar_comp]
+    layers = layered_distance(T, acc, side.transitions, side.accepting)  # (K, S)
+    timings["layered_distance_s"] = time.perf_counter() - t0
+    return T, layers, tuples, side.transitions
+
+
+def _cartesian(
+    comps: Sequence[Component],
+    groups: Sequence[list[int]],
+    in_dist: Sequence[int],
+    dist_comps: Sequence[int],
+    *,
+    bar_comp: int | None,
+    layers: np.ndarray,
+    tuples: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(dist, strides, dist_inf, max_distance)``: the distances scattered into the flat
+    cartesian array of the distance groups' states (dead state included, stride 0 for the
+    groups left out), ``uint8`` or ``uint16`` with ``dist_inf`` (its maximum) for never."""
+    K, S = layers.shape
+    g_sizes = [int(np.prod([comps[i].num_states for i in g])) for g in groups]
+    strides = np.zeros(len(groups), dtype=np.int64)
+    n_cells = 1
+    for g in in_dist:
+        strides[g] = n_cells
+        n_cells *= g_sizes[g] + 1
+    finite = layers[layers < INF]
+    max_d = int(finite.max()) if finite.size else 0
+    if max_d >= 65535:
+        raise GramophoneError("distances beyond 65,534 tokens are not supported")
+    dtype = np.uint8 if max_d < 255 else np.uint16
+    dist_inf = int(np.iinfo(dtype).max)
+    dist = np.full(n_cells, dist_inf, dtype=dtype)
+    col = {i: k for k, i in enumerate(dist_comps)}
+    for k in range(K):
+        flat = np.zeros(S, dtype=np.int64)
+        for g in in_dist:
+            states = [
+                np.full(S, k, np.int64) if i == bar_comp else tuples[:, col[i]].astype(np.int64)
+                for i in groups[g]
+            ]
+            flat += _local_state(comps, groups[g], states) * strides[g]
+        dist[flat] = np.where(layers[k] < INF, layers[k], dist_inf).astype(dtype)
+    return dist, strides, dist_inf, max_d
+
+
+def _has_dead_end(T: np.ndarray, layers: np.ndarray, side_T: np.ndarray | None) -> bool:
+    """Whether some valid base token leads a reachable state with a finite distance to one
+    that can no longer end (then the cheap mask is never used: see the module notes)."""
+    for k in range(layers.shape[0]):
+        nxt = T[layers[k] < INF]  # (n, V)
+        nk = np.full(nxt.shape, k) if side_T is None else np.broadcast_to(side_T[k], nxt.shape)
+        valid = (nxt != REJECT) & (nk != REJECT)
+        d_next = np.where(valid, layers[np.where(nk == REJECT, 0, nk), np.where(nxt == REJECT, 0, nxt)], 0)
+        if (d_next[valid] >= INF).any():
+            return True
+    return False
+
+
+def _model_rows(
+    automaton: Automaton, comps: Sequence[Component], groups: Sequence[list[int]], learned: LearnedVocab
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Each group's ``next`` and ``valid`` rows over the model vocabulary. A trained
+    vocabulary must have a single token for each base token the grammar uses (else a
+    length-aware mask cannot guarantee an ending); its learned tokens that mix a special
+    token with others (Unigram learns "PAD BOS PAD"), or repeat a lone special token by a
+    second id (Unigram has two ids that read as EOS), are never allowed: a stream ends with
+    the one EOS id the loops stop at."""
+    rows = [_lifted_rows(comps, g, learned) for g in groups]
+    if learned.trained:
+        used = np.ones(len(learned.base), bool)  # tokens every component accepts somewhere
+        for c in comps:
+            used &= (c.transitions != REJECT).any(axis=0)
+        missing = [learned.base[b] for b in np.nonzero(used & (learned.single < 0))[0]]
+        if missing:
+            raise DecodingError(
+                f"the trained vocabulary has no single token for {', '.join(missing[:4])}: "
+                "a length-aware mask cannot guarantee an ending"
+            )
+        index = automaton.token_index
+        specials = {index[t] for t in (BOS, EOS, PAD) if t in index}
+        canonical = {int(learned.single[b]) for b in specials}
+        mixed = [
+            v
+            for v, piece in enumerate(learned.pieces)
+            if specials & set(piece) and (len(piece) > 1 or v not in canonical)
+        ]
+        if mixed:
+            dead0 = rows[0][0].shape[0] - 1
+            rows[0][0][:, mixed] = dead0
+            rows[0][1][:, mixed] = False
+    return tuple(r[0] for r in rows), tuple(r[1] for r in rows)
 
 
 def tables_for(
@@ -652,71 +503,3 @@ def tables_for(
         learned=model_vocab(tokenizer),
         use_cache=use_cache,
     )
-
-
-# ----------------------------------------------------------------------------- prompts
-
-
-@dataclass(frozen=True)
-class PreparedPrompt:
-    """A prompt ready to continue: ``ids`` (model ids, BOS first) and the state after it."""
-
-    ids: tuple[int, ...]
-    state: np.ndarray  # int32[G]
-    min_total: int  # an upper bound of the shortest valid output that starts with ``ids``
-
-
-def prepare_prompt(
-    tables: DecodingTables,
-    grammar: Automaton,
-    ids: Sequence[int] | None = None,
-    name: str = "the prompt",
-) -> PreparedPrompt:
-    """Validate a prompt (model ids) and compute where decoding starts.
-
-    Trailing EOS/PAD are dropped (a decoder output can be continued) and BOS is put first
-    when missing; a second id of a special token (Unigram has two) reads as the first. A prompt that is not a valid beginning of a piece is a
-    :class:`DecodingError` that says where it breaks (the grammar's checker's message, in
-    base tokens); so is one that cannot be completed (e.g. more bars than ``--bars``).
-    """
-    learned = tables.learned
-    special = {learned.pieces[i] for i in (tables.bos, tables.eos, tables.pad)}
-    # a second id of a special token (Unigram reads two ids as EOS) becomes the one the loops use
-    canonical = {v: int(learned.single[p[0]]) for v, p in enumerate(learned.pieces) if p in special}
-    seq = [canonical.get(int(i), int(i)) for i in (ids or [])]
-    while seq and seq[-1] in (tables.eos, tables.pad):
-        seq.pop()
-    shift = 0  # token indices in messages are those of the prompt as given
-    if not seq or seq[0] != tables.bos:
-        seq.insert(0, tables.bos)
-        shift = 1
-    base, owner = tables.learned.expand(seq)
-    bos_base = tables.learned.pieces[tables.bos][0]
-
-    def where(index: int, token: str) -> str:
-        if not tables.learned.trained:
-            return f"token {index - shift} ({token})"
-        k = owner[index] if index < len(owner) else len(seq)
-        return f"token {k - shift} ({tables.learned.names[seq[k]] if k < len(seq) else token})"
-
-    report = check_stream(grammar, base)
-    v = report.violation
-    if v is not None and v.rejected_by != "end":
-        before = " ".join(t for t in v.before if not (shift and t == grammar.vocab[bos_base]))
-        ctx = f" after '... {before}'" if before else ""
-        raise DecodingError(
-            f"{name} is not a valid beginning of a piece: {where(v.index, v.token)}{ctx} is "
-            f"rejected by {v.rejected_by}: {v.reason}; expected {v.expected}"
-        )
-    report = check_stream(tables.automaton, base)
-    v = report.violation
-    if v is not None and v.rejected_by != "end":
-        reason = v.reason
-        if tables.bars is not None and v.rejected_by.startswith("bars="):
-            reason = f"it has more than {tables.bars} Bar tokens (--bars {tables.bars})"
-        raise DecodingError(f"{name} cannot be continued: {where(v.index, v.token)}: {reason}")
-    state = tables.run(seq)
-    d = tables.distance(state)
-    if d >= INF:
-        raise DecodingError(f"{name} ({len(seq)} tokens) cannot be completed to a valid piece")
-    return PreparedPrompt(tuple(seq), state, len(seq) + d)

@@ -22,14 +22,10 @@ import torch
 from torch import Tensor
 
 from gramophone.decoding.loop import DecodeRequest, DecodeResult, lengths_of
-from gramophone.decoding.rules import FMAX, Sampling
 from gramophone.decoding.tables import DecodingTables
 from gramophone.kernels import torch as kernels
 
-__all__ = ["TorchModel", "backend_sampler", "choose", "gpt_model", "sample_torch"]
-
-_TINY = float(np.finfo(np.float32).tiny)
-_ONE_MINUS = 1.0 - 2.0**-24
+__all__ = ["TorchModel", "backend_sampler", "gpt_model", "sample_torch"]
 
 
 @dataclass(frozen=True)
@@ -51,49 +47,6 @@ def gpt_model(gpt: Any) -> TorchModel:
         step=gpt.decode_step,
         device=device,
     )
-
-
-def sanitize(logits: Tensor, blocked: Tensor | None) -> Tensor:
-    """Rule 2 (see :func:`gramophone.decoding.rules.sanitize`). ``blocked`` bool (B, V) is
-    the complement of ``allowed`` (one op fewer per step); ``None``: nothing blocked."""
-    x = torch.nan_to_num(logits.float(), nan=-FMAX, posinf=FMAX, neginf=-FMAX)
-    if blocked is not None:
-        x.masked_fill_(blocked, -torch.inf)
-    m = x.amax(dim=-1, keepdim=True)
-    return x - torch.where(torch.isfinite(m), m, 0.0)
-
-
-def choose(
-    logits: Tensor,
-    blocked: Tensor | None,
-    sampling: Sampling,
-    generator: torch.Generator | None = None,
-    gumbel: Tensor | None = None,
-) -> Tensor:
-    """Rules 2-7 in torch: int64[B]. ``logits`` (B, V); ``blocked`` bool (B, V), the tokens
-    *not* allowed, or ``None``; ``gumbel`` (B, V): the noise (default: drawn from
-    ``generator``)."""
-    x = sanitize(logits, blocked)
-    if sampling.greedy:
-        return x.argmax(dim=-1)
-    x = x / sampling.temperature
-    V = x.shape[-1]
-    if sampling.uses_top_k:
-        assert sampling.top_k is not None
-        kth = torch.topk(x, min(sampling.top_k, V), dim=-1).values[:, -1:]  # (B, 1)
-        x = x.masked_fill(x < kth, -torch.inf)
-    if sampling.uses_top_p:
-        assert sampling.top_p is not None
-        q = torch.softmax(x, dim=-1)  # (B, V)
-        qs = torch.sort(q, dim=-1, descending=True).values
-        cum = torch.cumsum(qs, dim=-1)
-        excl = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], dim=-1)
-        n_keep = (excl < sampling.top_p).sum(dim=-1, keepdim=True)  # >= 1
-        x = x.masked_fill(q < qs.gather(-1, n_keep - 1), -torch.inf)
-    if gumbel is None:
-        u = torch.rand(x.shape, generator=generator, device=x.device).clamp_(_TINY, _ONE_MINUS)
-        gumbel = -torch.log(-torch.log(u))
-    return (x + gumbel).argmax(dim=-1)
 
 
 @torch.inference_mode()
@@ -132,7 +85,7 @@ def sample_torch(
         blocked: Tensor | None = None  # ~allowed (rule 1)
         if tab is not None:
             blocked = ~kernels.allowed(tab, state, remaining)  # (B, V)
-        tok = choose(logits, blocked, sampling, generator)
+        tok = kernels.choose(logits, blocked, sampling, generator)
         tok = torch.where(ended, pad, tok)  # (B,)
         tokens[:, t] = tok
         if tab is not None:

@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from gramophone._files import atomic_write
 from gramophone.errors import GramophoneError
 from gramophone.grammar import fsa
 from gramophone.grammar.fsa import REJECT
@@ -306,12 +306,7 @@ class Automaton:
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Automaton:

@@ -159,8 +159,22 @@ def _explain(automaton: Automaton, k: int, state: int, token: str, history: Sequ
         if kind == "Chord":
             return f"{token} comes after a note of its program at this onset (chords come first)"
         if kind in ("Program", "Pedal", "PedalOff"):
-            return f"{token} comes after Program_{program} at this onset (programs ascend)"
+            return (
+                f"{token} follows the highest pitch of Program_{program} at this onset "
+                "(no higher note is left for it)"
+            )
         return f"the note-order constraint forbids {token}"
+    if comp.name.startswith("program-runs") and kind in ("Program", "Pedal", "PedalOff"):
+        return (
+            f"Program_{value} already had its run of notes at this onset (miditok writes each "
+            "program's events at one onset together, once)"
+        )
+    if comp.name == "drum-pitch":
+        if int(info["program"][state]) == -1:
+            what = "a chord" if kind == "Chord" else "a melodic pitch"
+            return f"{token} is {what} under Program_-1 (drums), which miditok never writes"
+        under = _last_of(history, {"Program"}) or "a melodic program"
+        return f"{token} is a drum pitch under {under}: miditok writes drum pitches under Program_-1 only"
     return f"the constraint '{comp.name}' forbids {token}"
 
 

@@ -21,12 +21,7 @@ import numpy as np
 from lark import Token, Tree
 from lark.exceptions import LarkError
 from lark.grammar import NonTerminal, Terminal
-from lark.load_grammar import (
-    PrepareLiterals,
-    TerminalTreeToPattern,
-    _literal_to_pattern,
-    load_grammar,
-)
+from lark.load_grammar import PrepareLiterals, TerminalTreeToPattern, load_grammar
 
 from gramophone.errors import GrammarError
 from gramophone.grammar import fsa
@@ -131,7 +126,7 @@ class _Builder:
             return self.build(node.children[0], stack)
         if kind == "literal":
             tok = node.children[0]
-            pat = _literal_to_pattern(tok)
+            pat = _literal_pattern(node)
             if type(pat).__name__ == "PatternStr" and not pat.flags:
                 sid = self.symbol(f"literal {tok}", None, pat.value)
             else:
@@ -191,6 +186,18 @@ class _Builder:
             cur = b
         nfa.add_eps(cur, exit_)
         return entry, exit_
+
+
+# lark's grammar loader, not its parser, is what this compiler needs: the EBNF trees of the
+# rules (``Grammar.rule_defs``) and the terminals' patterns (``Grammar.term_defs`` through
+# ``PrepareLiterals`` and ``TerminalTreeToPattern``). These live in ``lark.load_grammar``
+# and are not in lark's documented API, so the supported lark versions are bounded in
+# pyproject.toml and tests/test_compiler.py pins the contract; nothing underscored is used.
+
+
+def _literal_pattern(literal: Tree[Any]) -> Any:
+    """The pattern of a ``literal`` node of a rule (a string or a /regexp/flags)."""
+    return TerminalTreeToPattern().transform(PrepareLiterals().transform(literal))
 
 
 def _load(text: str, source: str) -> tuple[dict[str, Tree[Any]], dict[str, re.Pattern[str] | None]]:

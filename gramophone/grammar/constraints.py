@@ -9,9 +9,15 @@ every other token, so it stays small and independent of the syntax.
   bar's length for its time signature; rests advance time from the end of the last note
   (as miditok's decoder does, in its ticks: a note end survives a change of meter) and may
   cross bar lines without a Bar token; a time signature only at the start of a bar.
-- :func:`note_order_component`: a canonical order of notes at one onset (programs
-  ascending, pitches strictly ascending within a program), which makes duplicated notes
-  impossible, and a chord only before the first note of its program.
+- :func:`note_order_component`: the order of notes at one onset as miditok writes it with
+  ``remove_duplicated_notes``: each program's events together (a *run*; runs in any order,
+  miditok's track order), pitches strictly ascending within a run, a chord only before the
+  first note of its run; with :func:`program_runs_components`, at most one run per program
+  at an onset. Together they make duplicated notes impossible.
+- :func:`program_runs_components`: which programs have had their run at this onset.
+- :func:`drum_pitch_component`: with programs and PitchDrum tokens, drum pitches only
+  under ``Program_-1`` and other pitches only under other programs (and no chord on drums),
+  as miditok writes them.
 - :func:`bars_component`: exactly N bars (the pattern for user constraints).
 
 Time is counted in positions (``1 / positions_per_beat`` of a beat, the beat being the
@@ -22,6 +28,7 @@ denominator), so that a 6/8 position is one tick and a 4/4 position two.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -29,10 +36,18 @@ from fractions import Fraction
 import numpy as np
 
 from gramophone.errors import UnsupportedConfigError
+from gramophone.grammar import fsa
 from gramophone.grammar.automaton import Component
 from gramophone.grammar.fsa import REJECT
 
-__all__ = ["TimeModel", "bars_component", "note_order_component", "time_component"]
+__all__ = [
+    "TimeModel",
+    "bars_component",
+    "drum_pitch_component",
+    "note_order_component",
+    "program_runs_components",
+    "time_component",
+]
 
 
 def _split(token: str) -> tuple[str, str]:
@@ -215,11 +230,18 @@ def time_component(vocab: Sequence[str], model: TimeModel) -> Component:
 
 
 def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
-    """Notes at one onset in canonical order: programs ascending, pitches strictly
-    ascending within a program; a Chord only before the first note of its program.
+    """Notes at one onset as miditok writes them with ``remove_duplicated_notes``: pitches
+    strictly ascending within a program's run; a Chord only before the first note of its run.
 
-    State ``(program, last)`` with ``program`` -1 ... 127 or none and ``last`` the last
-    pitch of this program at this onset or none. Position, Bar and Rest start a new onset.
+    miditok merges the tracks of one program, sorts each track's notes by time then pitch
+    and removes duplicates (``preprocess_score``), then sorts the events of all tracks by
+    time only, stably (``_score_to_tokens``): at one onset each track's events come
+    together, in the order of the score's tracks, not of their programs. So a Program,
+    Pedal or PedalOff token of another program starts a new run, whichever its program;
+    that a program has one run per onset is :func:`program_runs_components`' part.
+
+    State ``(program, last)`` with ``program`` the current run's (-1 ... 127 or none) and
+    ``last`` its last pitch at this onset or none. Position, Bar and Rest start a new onset.
     """
     kinds = [_split(tok) for tok in vocab]
     pitch_values = sorted({int(v) for k, v in kinds if k in ("Pitch", "PitchDrum")})
@@ -253,8 +275,8 @@ def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
                 # first two only come before the program's first note. Without this the
                 # lockstep product would have a dead end after its highest pitch.
                 same &= last_of < n_last - 1
-            later = prog_of < j  # includes none (0)
-            T[:, v] = np.where(same, identity, np.where(later, j * n_last, REJECT))
+            other = prog_of != j  # includes none (0): a new run
+            T[:, v] = np.where(same, identity, np.where(other, j * n_last, REJECT))
         else:
             T[:, v] = identity
     programs = np.array([-2, *program_values], dtype=np.int32)  # -2: none
@@ -266,6 +288,138 @@ def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
         start=0,
         info={"program": programs[prog_of], "last_pitch": pitches[last_of]},
         neutral=True,  # an ending never needs another note at this onset
+    )
+
+
+#: Most states of one :func:`program_runs_components` component.
+MAX_RUN_STATES = 512
+#: Token kinds that carry a program and belong to its run at an onset (REMI, TSD).
+RUN_KINDS: tuple[str, ...] = ("Program", "Pedal", "PedalOff")
+
+
+def program_runs_components(
+    vocab: Sequence[str],
+    onset_kinds: Sequence[str],
+    *,
+    run_kinds: Sequence[str] = RUN_KINDS,
+    zero_shift: str | None = None,
+) -> list[Component]:
+    """At one onset, each program's run at most once (with ``remove_duplicated_notes``).
+
+    miditok merges the tracks of one program before it writes a stream with programs, and
+    writes the events of one track at one onset together (see :func:`note_order_component`):
+    a program whose run has ended does not come back at that onset, whatever the order of
+    the runs. Tracking that needs a bit per program, so the programs are split into balanced
+    groups, one component each (at most :data:`MAX_RUN_STATES` reachable states): state
+    ``(seen, current)``, the set of the group's programs whose run has begun at this onset
+    and the group's program of the current run (or none). A token of ``run_kinds`` of
+    program ``j`` continues the run if ``j`` is current, else begins ``j``'s run unless it
+    has had one (rejected). A token of ``onset_kinds`` starts a new onset.
+
+    ``zero_shift`` (Structured): the token that joins notes into one onset without being a
+    time move. Where every program fits one component, its state also holds whether the
+    last pitch was the highest of its kind, and ``zero_shift`` is refused where every
+    program has had its run and the current one is at its highest pitch (nothing could
+    follow it). With more programs no component sees them all: a stream that has every
+    program of the config at one onset, the last at its highest pitch, can then not go on
+    after ``zero_shift`` (a dead end only a stream with that many notes at one onset reaches).
+
+    All states accept; the components are ``neutral``: they only forbid a program's second
+    run, and an ending never needs one.
+    """
+    kinds = [_split(tok) for tok in vocab]
+    programs = sorted({int(v) for k, v in kinds if k == "Program"})
+    if not programs:
+        return []
+
+    def states(n: int, flags: int) -> int:  # reachable: cur is none or one of seen
+        return (2**n + n * 2 ** (n - 1)) * flags
+
+    single = zero_shift is not None and states(len(programs), 2) <= MAX_RUN_STATES
+    g = len(programs) if single else 1
+    while g < len(programs) and states(g + 1, 1) <= MAX_RUN_STATES:
+        g += 1
+    n_groups = -(-len(programs) // g)
+    bounds = np.linspace(0, len(programs), n_groups + 1).round().astype(int)
+    top = {k: max((int(v) for kk, v in kinds if kk == k), default=None) for k in ("Pitch", "PitchDrum")}
+    flags = 2 if single else 1
+    out = []
+    for lo, hi in itertools.pairwise(bounds):
+        members = programs[lo:hi]
+        n = len(members)
+        index = {p: i for i, p in enumerate(members)}
+        S = 2**n * (n + 1) * flags
+        s = np.arange(S, dtype=np.int64)
+        flag = s % flags
+        cur = (s // flags) % (n + 1)  # 0: none, i + 1: members[i]
+        seen = s // (flags * (n + 1))
+        identity = s.astype(np.int32)
+        T = np.tile(identity[:, None], (1, len(vocab)))
+        for v, (kind, value) in enumerate(kinds):
+            if vocab[v] == zero_shift:
+                if single:
+                    T[:, v] = np.where((seen == 2**n - 1) & (flag == 1), REJECT, identity)
+            elif kind in onset_kinds:
+                T[:, v] = 0
+            elif kind in run_kinds:
+                i = index.get(int(value))
+                if i is None:  # another group's program: none of ours is current
+                    T[:, v] = seen * (n + 1) * flags
+                    continue
+                begin = ((seen | 1 << i) * (n + 1) + i + 1) * flags
+                T[:, v] = np.where(cur == i + 1, identity, np.where(seen >> i & 1, REJECT, begin))
+            elif single and kind in top:
+                T[:, v] = s - flag + int(int(value) == top[kind])
+        keep = fsa.reachable(T, 0)
+        new_id = np.full(S + 1, REJECT, dtype=np.int32)  # the last slot maps REJECT
+        new_id[np.nonzero(keep)[0]] = np.arange(int(keep.sum()), dtype=np.int32)
+        names = np.array([-2, *members], dtype=np.int32)  # -2: none
+        out.append(
+            Component(
+                name=f"program-runs[{members[0]}..{members[-1]}]",
+                transitions=new_id[T[keep]],
+                accepting=np.ones(int(keep.sum()), dtype=bool),
+                start=0,
+                info={"program": names[cur[keep]], "seen": seen[keep].astype(np.int32)},
+                neutral=True,  # an ending never needs a program's second run
+            )
+        )
+    return out
+
+
+#: Drum and melodic pitch kinds of the schemes (``use_pitchdrum_tokens``).
+DRUM_KINDS = ("PitchDrum", "DrumOn", "DrumOff")
+MELODIC_KINDS = ("Pitch", "NoteOn", "NoteOff")
+
+
+def drum_pitch_component(vocab: Sequence[str]) -> Component:
+    """With programs and ``use_pitchdrum_tokens``: drum pitches (PitchDrum, DrumOn,
+    DrumOff) only under ``Program_-1``, melodic ones (Pitch, NoteOn, NoteOff) only under
+    another program, and no Chord under ``Program_-1``, as miditok writes them
+    (``_create_track_events``: a drum track's notes are PitchDrum/DrumOn/DrumOff tokens,
+    every other track's Pitch/NoteOn/NoteOff, and chords are only detected on tracks that
+    are not drums).
+
+    States: 0 (no Program token yet: both kinds, the syntax wants a Program first), 1 (the
+    last Program token is ``Program_-1``), 2 (another program). Neutral: where it forbids a
+    pitch the other kind is just as short an ending.
+    """
+    kinds = [_split(tok) for tok in vocab]
+    T = np.tile(np.arange(3, dtype=np.int32)[:, None], (1, len(vocab)))
+    for v, (kind, value) in enumerate(kinds):
+        if kind == "Program":
+            T[:, v] = 1 if int(value) == -1 else 2
+        elif kind in DRUM_KINDS:
+            T[2, v] = REJECT
+        elif kind in MELODIC_KINDS or kind == "Chord":
+            T[1, v] = REJECT
+    return Component(
+        name="drum-pitch",
+        transitions=T,
+        accepting=np.ones(3, dtype=bool),
+        start=0,
+        info={"program": np.array([-2, -1, 0], dtype=np.int32)},  # -2: none, 0: a melodic one
+        neutral=True,
     )
 
 

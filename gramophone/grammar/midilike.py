@@ -72,6 +72,11 @@ miditok's encoder never writes (the file lists each narrowing). The constraints 
   pitches + 1 states) requires note-ons at one onset in strictly ascending pitch, the order
   in which miditok writes them (it sorts notes by time then pitch when removing duplicates):
   stricter than (2), and never rejecting what miditok writes.
+- *Drums* (programs with ``use_pitchdrum_tokens``): the ``drum-pitch`` component
+  (:func:`~gramophone.grammar.constraints.drum_pitch_component`) allows DrumOn/DrumOff only
+  under ``Program_-1`` and NoteOn/NoteOff only under the other programs, as miditok writes
+  them (``tokens_errors`` does not check it). Under ``Program_-1`` the open keys are then
+  drum pitches, so a DrumOff of an open key exists wherever the counter allows a note-off.
 
 Reachable product of the default config: too large to tabulate (each of the 2**89 sets of
 open keys is reachable); 11 components (syntax 7 states, open-notes 90, pairing 9 x <= 1024).
@@ -101,6 +106,7 @@ import numpy as np
 
 from gramophone.errors import UnsupportedConfigError
 from gramophone.grammar.automaton import Component
+from gramophone.grammar.constraints import drum_pitch_component
 from gramophone.grammar.fsa import REJECT
 from gramophone.grammar.schemes import (
     absent_terminals,
@@ -175,10 +181,12 @@ class MidiLikeGrammar:
     max_open_per_pitch: int
     max_open_per_program: int
     onset_order: bool
+    drum_pitches: bool = False  # programs and DrumOn/DrumOff tokens: drums under Program_-1 only
     scheme: str = "midilike"
 
     def components(self, vocab: Sequence[str]) -> list[Component]:
-        """The open-notes counter, the pairing components, and the onset order if needed."""
+        """The open-notes counter, the pairing components, drum-pitch (programs and drum
+        tokens) and the onset order if needed."""
         out = [
             open_notes_component(
                 vocab,
@@ -188,6 +196,8 @@ class MidiLikeGrammar:
             )
         ]
         out += pairing_components(vocab, self.pitches, self.programs, self.max_open_per_pitch)
+        if self.drum_pitches:
+            out.append(drum_pitch_component(vocab))
         if self.onset_order:
             out.append(onset_order_component(vocab, self.pitches))
         return out
@@ -414,4 +424,5 @@ def derive(tokenizer: MusicTokenizer, *, max_open_per_pitch: int = MAX_OPEN_PER_
         max_open_per_pitch=int(max_open_per_pitch),
         max_open_per_program=liveness_capacity(len(pitches) * max_open_per_pitch, len(programs)),
         onset_order=bool(cfg.remove_duplicated_notes) and max_open_per_pitch > 1,
+        drum_pitches=bool(cfg.use_programs and cfg.use_pitchdrum_tokens),
     )

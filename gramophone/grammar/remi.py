@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 
 from gramophone.errors import UnsupportedConfigError
 from gramophone.grammar.automaton import Automaton, Component
-from gramophone.grammar.constraints import TimeModel, note_order_component, time_component
+from gramophone.grammar.constraints import (
+    TimeModel,
+    drum_pitch_component,
+    note_order_component,
+    program_runs_components,
+    time_component,
+)
 from gramophone.grammar.schemes import compile_tokenizer, grammar_file_text
 
 if TYPE_CHECKING:
@@ -41,13 +47,19 @@ class RemiGrammar:
     time: TimeModel
     remove_duplicated_notes: bool
     use_programs: bool
+    drum_pitches: bool = False  # programs and PitchDrum tokens: drum pitches under Program_-1 only
     scheme: str = "remi"
 
     def components(self, vocab: Sequence[str]) -> list[Component]:
-        """Time (positions, bars, rests) and, with ``remove_duplicated_notes``, note order."""
+        """Time (positions, bars, rests); with programs and PitchDrum tokens, drum pitches;
+        with ``remove_duplicated_notes``, note order (and with programs, one run each)."""
         out = [time_component(vocab, self.time)]
+        if self.drum_pitches:
+            out.append(drum_pitch_component(vocab))
         if self.remove_duplicated_notes:
             out.append(note_order_component(vocab, self.use_programs))
+            if self.use_programs:
+                out += program_runs_components(vocab, ("Position", "Bar", "Rest"))
         return out
 
 
@@ -141,6 +153,7 @@ def derive(tokenizer: MusicTokenizer) -> RemiGrammar:
         time=model,
         remove_duplicated_notes=bool(cfg.remove_duplicated_notes),
         use_programs=bool(cfg.use_programs),
+        drum_pitches=bool(cfg.use_programs and cfg.use_pitchdrum_tokens),
     )
 
 

@@ -15,7 +15,6 @@ names it, never a silently wrong grammar.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import importlib
 import json
@@ -25,9 +24,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gramophone._paths import cache_dir
+from gramophone._files import cache_dir, code_hash
 from gramophone._version import __version__
-from gramophone.errors import GramophoneError, UnsupportedConfigError
+from gramophone.errors import UnsupportedConfigError
 from gramophone.grammar.automaton import Automaton, Component
 from gramophone.grammar.compiler import compile_grammar
 
@@ -39,6 +38,7 @@ __all__ = [
     "SCHEMES",
     "SchemeGrammar",
     "absent_terminals",
+    "automaton_code_hash",
     "base_vocab",
     "compile_tokenizer",
     "derive",
@@ -171,18 +171,13 @@ def base_vocab(tokenizer: MusicTokenizer) -> list[str]:
     return [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
 
 
-@functools.cache
-def _code_hash() -> str:
-    """Hash of the modules and grammar files that build automata: a cache entry never
-    outlives a code change (between releases too, where the version alone would not notice)."""
-    digest = hashlib.sha256()
+def automaton_code_hash() -> str:
+    """:func:`~gramophone._files.code_hash` of the modules and grammar files that build
+    automata (this package but the checker): part of every key of a cached automaton or of
+    something built from one."""
     here = Path(__file__).parent
-    for path in sorted([*here.glob("*.py"), *(here / "grammars").glob("*.lark")]):
-        if path.name in ("checker.py", "__init__.py"):
-            continue
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    files = [*here.glob("*.py"), *(here / "grammars").glob("*.lark")]
+    return code_hash(f for f in files if f.name not in ("checker.py", "__init__.py"))
 
 
 def _config_dict(tokenizer: MusicTokenizer) -> dict[str, Any]:
@@ -193,7 +188,7 @@ def _cache_key(vocab: list[str], grammar: SchemeGrammar) -> str:
     payload = json.dumps(
         {
             "version": __version__,
-            "code": _code_hash(),
+            "code": automaton_code_hash(),
             "vocab": vocab,
             "grammar": dataclasses.asdict(grammar),  # type: ignore[call-overload]
         },
@@ -230,8 +225,8 @@ def compile_tokenizer(tokenizer: MusicTokenizer, *, use_cache: bool = True) -> A
     if use_cache and path.exists():
         try:
             return Automaton.load(path)
-        except GramophoneError as exc:
-            log.warning("rebuilding the automaton cache entry: %s", exc)
+        except Exception as exc:  # any unreadable entry (truncated, foreign): rebuilt silently
+            log.info("rebuilding the automaton cache entry: %s", exc)
     meta = {
         "gramophone_version": __version__,
         "scheme": grammar.scheme,

@@ -27,14 +27,17 @@ gramophone's automaton adds:
 - with programs, ``Program_-1`` (drums) is followed by ``PitchDrum`` when
   ``use_pitchdrum_tokens`` is set and every other program by ``Pitch``, as miditok writes;
 - with ``remove_duplicated_notes``, the **note-order** component: notes at one onset
-  (joined by ``TimeShift_0.0.1``) come in a canonical order, programs ascending (drums
-  first) and pitches strictly ascending within a program. This forbids duplicated notes
-  (same program, pitch and onset), which miditok removes when encoding (it sorts each
-  track's notes by time then pitch before removing them; gramophone's
-  :func:`~gramophone.tokenizers.encode_score` sorts tracks by program, and miditok merges
-  tracks of one program when programs are in one stream). ``TimeShift_0.0.1`` is refused
-  where no note could follow it at the same onset (after the highest pitch of the highest
-  program), so the lockstep product has no dead end.
+  (joined by ``TimeShift_0.0.1``) come as miditok writes them: each program's notes
+  together (a *run*; the runs in the order of the score's tracks, which miditok keeps: it
+  sorts the notes of all tracks by time only, stably) and pitches strictly ascending within
+  a run (it sorts each track's notes by time then pitch before removing duplicates, and
+  merges the tracks of one program when programs are in one stream); with programs, the
+  **program-runs** components (:func:`~gramophone.grammar.constraints.program_runs_components`):
+  one run per program at an onset. Together they forbid duplicated notes (same program,
+  pitch and onset). ``TimeShift_0.0.1`` is refused where no note could follow it at the
+  same onset (after the highest pitch of the only program, or, where the programs fit one
+  program-runs component, of the last program left), so the lockstep product has no dead
+  end (with more programs, see that function for the one it leaves).
 
 Without ``remove_duplicated_notes`` there is no order constraint: miditok writes the notes
 of one onset in symusic's (time, duration, pitch) order and any order decodes to the same
@@ -51,6 +54,7 @@ import numpy as np
 
 from gramophone.errors import UnsupportedConfigError
 from gramophone.grammar.automaton import Component
+from gramophone.grammar.constraints import program_runs_components
 from gramophone.grammar.fsa import REJECT
 from gramophone.grammar.schemes import (
     absent_terminals,
@@ -94,10 +98,16 @@ class StructuredGrammar:
     scheme: str = "structured"
 
     def components(self, vocab: Sequence[str]) -> list[Component]:
-        """With ``remove_duplicated_notes``, the note order at one onset; else none."""
+        """With ``remove_duplicated_notes``, the note order at one onset (and with programs,
+        one run per program); else none."""
         if not self.remove_duplicated_notes:
             return []
-        return [note_order_component(vocab, self.use_programs, self.drums_use_pitchdrum)]
+        out = [note_order_component(vocab, self.use_programs, self.drums_use_pitchdrum)]
+        if self.use_programs:
+            out += program_runs_components(
+                vocab, ("TimeShift",), run_kinds=("Program",), zero_shift=ZERO_SHIFT
+            )
+        return out
 
 
 def derive(tokenizer: MusicTokenizer) -> StructuredGrammar:
@@ -151,16 +161,18 @@ def derive(tokenizer: MusicTokenizer) -> StructuredGrammar:
 
 
 def note_order_component(vocab: Sequence[str], use_programs: bool, drums_use_pitchdrum: bool) -> Component:
-    """Notes at one onset in canonical order: programs ascending, pitches strictly
-    ascending within a program (so no duplicated note).
+    """Notes at one onset as miditok writes them: pitches strictly ascending within a
+    program's run (see the module notes; one run per program is the program-runs
+    components' part).
 
-    An onset is a run of notes joined by ``TimeShift_0.0.1``; any other TimeShift starts a
+    An onset is a group of notes joined by ``TimeShift_0.0.1``; any other TimeShift starts a
     new one. States: per program ``j`` (one pseudo program without programs) ``(j, none)``
     and ``(j, p)`` for every pitch ``p`` of the kind that program is written with (Pitch,
     or PitchDrum for drums; without programs both kinds, the syntax keeping one per
     stream); with programs, state 0 is "no program yet at this onset". Start: state 0.
-    ``TimeShift_0.0.1`` and a repeated Program token are refused where no higher pitch (or
-    program) is left to follow them, so the lockstep product has no dead end.
+    A Program token of another program starts its run. ``TimeShift_0.0.1`` and a repeated
+    Program token are refused where no higher pitch (or other program) is left to follow
+    them, so the lockstep product has no dead end.
     """
     kinds = [tok.partition("_")[::2] for tok in vocab]
     values: dict[str, list[int]] = {
@@ -202,7 +214,7 @@ def note_order_component(vocab: Sequence[str], use_programs: bool, drums_use_pit
     at_top = np.array([k != "" and last_of[s] == top[k] for s, k in enumerate(kind_of)], dtype=bool)
     identity = np.arange(S, dtype=np.int32)
     programs_sorted = np.array(sorted(head), dtype=np.int64)
-    higher_program = np.array([bool((programs_sorted > p).any()) for p in prog_of], dtype=bool)
+    other_program = np.array([bool((programs_sorted != p).any()) for p in prog_of], dtype=bool)
     start_state = 0  # with programs: no program yet; without: the pseudo program's head
     # group[s]: index of the state's program in ``groups`` (-1: no program yet);
     # dst_of[kind][g, i]: the state after pitch values[kind][i] in group g (-1: not its kind).
@@ -216,7 +228,7 @@ def note_order_component(vocab: Sequence[str], use_programs: bool, drums_use_pit
     for v, (kind, value) in enumerate(kinds):
         if kind == "TimeShift":
             if vocab[v] == ZERO_SHIFT:
-                T[:, v] = np.where(at_top & ~higher_program, REJECT, identity)
+                T[:, v] = np.where(at_top & ~other_program, REJECT, identity)
             else:
                 T[:, v] = start_state
         elif kind in ("Pitch", "PitchDrum"):
@@ -227,10 +239,10 @@ def note_order_component(vocab: Sequence[str], use_programs: bool, drums_use_pit
         elif kind == "Program" and use_programs:
             j = int(value)
             # Back to the same program only if a higher pitch is left for it (the syntax
-            # wants a pitch after a Program token); a later program starts afresh.
+            # wants a pitch after a Program token); another program starts its run.
             same = (prog == j) & ~at_top
-            later = prog < j  # includes none (-2)
-            T[:, v] = np.where(same, identity, np.where(later, head[j], REJECT))
+            other = prog != j  # includes none (-2)
+            T[:, v] = np.where(same, identity, np.where(other, head[j], REJECT))
         else:
             T[:, v] = identity
     return Component(

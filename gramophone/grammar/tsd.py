@@ -42,11 +42,18 @@ a whole event and, with time signatures, opens with the time signature at tick 0
   (``MusicTokenizer._time_ticks_to_tokens``: largest value first), so every gap has one
   spelling: ``TimeShift_0.4.8 TimeShift_0.4.8`` is ``TimeShift_1.0.8``.
 - with ``remove_duplicated_notes``, the **note-order** component
-  (:func:`note_order_component`): at one time, programs ascend (drums first) and pitches
-  strictly ascend within a program, and a program's chord and pitch bends come before its
-  first note. This forbids duplicated notes; miditok writes this order (it sorts a track's
-  notes by time then pitch before removing duplicates, and
-  :func:`gramophone.tokenizers.encode_score` sorts tracks by program).
+  (:func:`note_order_component`): at one time, pitches strictly ascend within a program's
+  run, and a program's chord and pitch bends come before the first note of its run; with
+  programs, the **program-runs** components
+  (:func:`~gramophone.grammar.constraints.program_runs_components`): one run per program at
+  one time, the runs in any order. This forbids duplicated notes; miditok writes this (it
+  sorts a track's notes by time then pitch before removing duplicates, merges the tracks of
+  one program, and sorts the events of all tracks by time only, stably: the runs come in
+  the order of the score's tracks).
+- with programs and ``use_pitchdrum_tokens``, the **drum-pitch** component
+  (:func:`~gramophone.grammar.constraints.drum_pitch_component`): PitchDrum only under
+  ``Program_-1``, Pitch and Chord only under the other programs (``tokens_errors`` does not
+  check it).
 
 Streams whose own time is inconsistent are rejected even when miditok wrote them: miditok
 3.1 picks a score's tick resolution from its time signatures *before* it merges and drops
@@ -76,7 +83,7 @@ import numpy as np
 
 from gramophone.errors import UnsupportedConfigError
 from gramophone.grammar.automaton import Component
-from gramophone.grammar.constraints import beats_to_positions
+from gramophone.grammar.constraints import beats_to_positions, drum_pitch_component, program_runs_components
 from gramophone.grammar.fsa import REJECT
 from gramophone.grammar.schemes import (
     absent_terminals,
@@ -131,18 +138,24 @@ class TsdGrammar:
     time: TsdTimeModel
     remove_duplicated_notes: bool
     use_programs: bool
+    drum_pitches: bool = False  # programs and PitchDrum tokens: drum pitches under Program_-1 only
     scheme: str = "tsd"
 
     def components(self, vocab: Sequence[str]) -> list[Component]:
-        """tsd-time (when the config has time signatures or rests), time-runs and, with
-        ``remove_duplicated_notes``, note-order."""
+        """tsd-time (when the config has time signatures or rests), time-runs, drum-pitch
+        (programs and PitchDrum tokens) and, with ``remove_duplicated_notes``, note-order
+        (and with programs, program-runs)."""
         out = []
         time = time_component(vocab, self.time)
         if time is not None:
             out.append(time)
         out.append(time_runs_component(vocab, self.time.positions_per_beat))
+        if self.drum_pitches:
+            out.append(drum_pitch_component(vocab))
         if self.remove_duplicated_notes:
             out.append(note_order_component(vocab, self.use_programs))
+            if self.use_programs:
+                out += program_runs_components(vocab, ("TimeShift", "Rest"))
         return out
 
 
@@ -372,15 +385,19 @@ def time_runs_component(vocab: Sequence[str], positions_per_beat: int) -> Compon
 
 # -- note-order -----------------------------------------------------------------------------
 def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
-    """Notes at one time in canonical order: programs ascending, pitches strictly ascending
-    within a program; a program's Chord and PitchBend only before its first note.
+    """Notes at one time as miditok writes them with ``remove_duplicated_notes``: pitches
+    strictly ascending within a program's run (its events at this time, written together,
+    the runs in the score's track order: see
+    :func:`gramophone.grammar.constraints.note_order_component`); a program's Chord and
+    PitchBend only before the first note of its run. That a program has one run per time is
+    :func:`~gramophone.grammar.constraints.program_runs_components`' part.
 
     State ``(program, last)``: the program of the latest Program token at this time (or
-    none) and the last pitch of that program at this time (or none). TimeShift and Rest
-    start a new time. Back to the same program only if a higher pitch is left for it (after
-    a Program token the syntax wants a pitch bend, chord or note, and the first two only
-    come before the program's first note: without this the lockstep product would have a
-    dead end after its highest pitch).
+    none) and the last pitch of its run (or none). TimeShift and Rest start a new time; a
+    Program token of another program a new run. Back to the same program only if a higher
+    pitch is left for it (after a Program token the syntax wants a pitch bend, chord or
+    note, and the first two only come before the run's first note: without this the
+    lockstep product would have a dead end after its highest pitch).
     """
     kinds = [_split(tok) for tok in vocab]
     pitch_values = sorted({int(v) for k, v in kinds if k in ("Pitch", "PitchDrum")})
@@ -409,8 +426,8 @@ def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
         if j is None:
             return np.full(S, REJECT, dtype=np.int32)
         same = (prog_of == j) & (last_of < n_last - 1)
-        later = prog_of < j  # includes none (0)
-        return np.where(same, identity, np.where(later, j * n_last, REJECT))
+        other = prog_of != j  # includes none (0): a new run
+        return np.where(same, identity, np.where(other, j * n_last, REJECT))
 
     if use_programs:
         columns["Program"] = program_column
@@ -481,4 +498,5 @@ def derive(tokenizer: MusicTokenizer) -> TsdGrammar:
         time=TsdTimeModel(positions_per_beat=ppb, time_signatures=time_sigs, use_rests=bool(cfg.use_rests)),
         remove_duplicated_notes=bool(cfg.remove_duplicated_notes),
         use_programs=bool(cfg.use_programs),
+        drum_pitches=bool(cfg.use_programs and cfg.use_pitchdrum_tokens),
     )

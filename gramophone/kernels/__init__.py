@@ -1,4 +1,5 @@
-"""The per-step kernels, once per framework: start, mask, apply, advance.
+"""The per-step kernels, once per framework: start, mask, apply, advance, and the sampling
+rules.
 
 Each of :mod:`~gramophone.kernels.numpy`, :mod:`~gramophone.kernels.torch` and
 :mod:`~gramophone.kernels.jax` offers the same four functions over
@@ -9,7 +10,9 @@ Each of :mod:`~gramophone.kernels.numpy`, :mod:`~gramophone.kernels.torch` and
   with ``remaining`` tokens left in its budget, this one included (hard mask and
   length-aware: every stream can still end valid within the budget);
 - ``apply(logits, allowed) -> logits``: forbidden tokens to ``-inf``;
-- ``advance(tables, state, token) -> state``: the state after each stream's token.
+- ``advance(tables, state, token) -> state``: the state after each stream's token;
+- ``sanitize`` and ``choose``: the sampling rules 2-7 of :mod:`gramophone.decoding.rules`
+  (greedy, temperature, top-k, top-p, Gumbel-max), the same in every framework.
 
 They are what the decoding loops, the HuggingFace processor and the benchmarks run, and
 the public per-step API for a sampling loop of one's own (see the README)::

@@ -14,9 +14,20 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("gramophone.kernels.jax needs JAX: pip install 'gramophone[jax]'") from exc
 
+from gramophone.decoding.rules import FMAX, Sampling
 from gramophone.decoding.tables import DecodingTables
 
-__all__ = ["JaxTables", "advance", "allowed", "apply", "device_tables", "start"]
+__all__ = [
+    "JaxTables",
+    "SamplingArrays",
+    "advance",
+    "allowed",
+    "apply",
+    "choose",
+    "device_tables",
+    "sanitize",
+    "start",
+]
 
 Array = jax.Array
 
@@ -92,3 +103,76 @@ def apply(logits: Array, mask: Array) -> Array:
 def advance(tab: JaxTables, state: Array, token: Array) -> Array:
     """``int32[B, G]``: the state after ``token`` int32[B]."""
     return jnp.stack([tab.next[g][state[:, g], token] for g in range(len(tab.next))], axis=1)
+
+
+# ----------------------------------------------------------------------------- sampling (rules 2-7)
+
+
+class SamplingArrays(NamedTuple):
+    """:class:`~gramophone.decoding.rules.Sampling` as traced scalars: changing the rules
+    never recompiles (the filters that are off are skipped by ``lax.cond``)."""
+
+    greedy: Array  # bool
+    temperature: Array  # float32
+    use_top_k: Array  # bool
+    top_k: Array  # int32
+    use_top_p: Array  # bool
+    top_p: Array  # float32
+
+    @classmethod
+    def of(cls, s: Sampling) -> SamplingArrays:
+        return cls(
+            jnp.asarray(s.greedy),
+            jnp.asarray(s.temperature, jnp.float32),
+            jnp.asarray(s.uses_top_k),
+            jnp.asarray(s.top_k or 1, jnp.int32),
+            jnp.asarray(s.uses_top_p),
+            jnp.asarray(s.top_p or 1.0, jnp.float32),
+        )
+
+
+def sanitize(logits: Array, allowed: Array | None) -> Array:
+    """Rule 2 (see :func:`gramophone.kernels.numpy.sanitize`); ``allowed=None``: all."""
+    x = jnp.nan_to_num(logits.astype(jnp.float32), nan=-FMAX, posinf=FMAX, neginf=-FMAX)
+    if allowed is not None:
+        x = jnp.where(allowed, x, -jnp.inf)
+    m = x.max(axis=-1, keepdims=True)
+    return x - jnp.where(jnp.isfinite(m), m, 0.0)
+
+
+def _top_k(x: Array, k: Array) -> Array:
+    """Rule 5: keep logits >= the k-th largest (ties kept)."""
+    B, V = x.shape
+    ascending = jnp.sort(x, axis=-1)
+    kth = jnp.take_along_axis(ascending, jnp.full((B, 1), V - jnp.minimum(k, V), jnp.int32), axis=-1)
+    return jnp.where(x >= kth, x, -jnp.inf)
+
+
+def _top_p(x: Array, p: Array) -> Array:
+    """Rule 6: the smallest prefix of mass >= p, by decreasing probability (ties kept)."""
+    q = jax.nn.softmax(x, axis=-1)  # (B, V)
+    qs = -jnp.sort(-q, axis=-1)  # decreasing
+    cum = jnp.cumsum(qs, axis=-1)
+    excl = jnp.concatenate([jnp.zeros_like(cum[:, :1]), cum[:, :-1]], axis=-1)
+    n_keep = (excl < p).sum(axis=-1, keepdims=True)  # >= 1
+    return jnp.where(q >= jnp.take_along_axis(qs, n_keep - 1, axis=-1), x, -jnp.inf)
+
+
+def choose(
+    logits: Array, allowed: Array | None, key: Array, sampling: SamplingArrays, gumbel: Array | None = None
+) -> Array:
+    """Rules 2-7 (:mod:`gramophone.decoding.rules`) in jnp: int32[B]. ``gumbel`` float32[B, V]:
+    the noise (default: drawn from ``key``)."""
+    x = sanitize(logits, allowed)
+
+    def sample(x: Array) -> Array:
+        x = x / sampling.temperature
+        x = lax.cond(sampling.use_top_k, _top_k, lambda x, _: x, x, sampling.top_k)
+        x = lax.cond(sampling.use_top_p, _top_p, lambda x, _: x, x, sampling.top_p)
+        g = jax.random.gumbel(key, x.shape, jnp.float32) if gumbel is None else gumbel
+        return jnp.argmax(x + g, axis=-1).astype(jnp.int32)
+
+    def greedy(x: Array) -> Array:
+        return jnp.argmax(x, axis=-1).astype(jnp.int32)
+
+    return lax.cond(sampling.greedy, greedy, sample, x)

@@ -14,11 +14,13 @@ try:
     import torch
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("gramophone.kernels.torch needs PyTorch: pip install 'gramophone[torch]'") from exc
+import numpy as np
 from torch import Tensor
 
+from gramophone.decoding.rules import FMAX, Sampling
 from gramophone.decoding.tables import DecodingTables
 
-__all__ = ["TorchTables", "advance", "allowed", "apply", "device_tables", "start"]
+__all__ = ["TorchTables", "advance", "allowed", "apply", "choose", "device_tables", "sanitize", "start"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,52 @@ def apply(logits: Tensor, mask: Tensor) -> Tensor:
 def advance(tab: TorchTables, state: Tensor, token: Tensor) -> Tensor:
     """``int64[B, G]``: the state after ``token`` (B,)."""
     return torch.stack([tab.next[g][state[:, g], token] for g in range(len(tab.next))], dim=1)
+
+
+# ----------------------------------------------------------------------------- sampling (rules 2-7)
+
+_TINY = float(np.finfo(np.float32).tiny)
+_ONE_MINUS = 1.0 - 2.0**-24
+
+
+def sanitize(logits: Tensor, blocked: Tensor | None) -> Tensor:
+    """Rule 2 (see :func:`gramophone.kernels.numpy.sanitize`). ``blocked`` bool (B, V) is
+    the complement of ``allowed`` (one op fewer per step); ``None``: nothing blocked."""
+    x = torch.nan_to_num(logits.float(), nan=-FMAX, posinf=FMAX, neginf=-FMAX)
+    if blocked is not None:
+        x.masked_fill_(blocked, -torch.inf)
+    m = x.amax(dim=-1, keepdim=True)
+    return x - torch.where(torch.isfinite(m), m, 0.0)
+
+
+def choose(
+    logits: Tensor,
+    blocked: Tensor | None,
+    sampling: Sampling,
+    generator: torch.Generator | None = None,
+    gumbel: Tensor | None = None,
+) -> Tensor:
+    """Rules 2-7 in torch: int64[B]. ``logits`` (B, V); ``blocked`` bool (B, V), the tokens
+    *not* allowed, or ``None``; ``gumbel`` (B, V): the noise (default: drawn from
+    ``generator``)."""
+    x = sanitize(logits, blocked)
+    if sampling.greedy:
+        return x.argmax(dim=-1)
+    x = x / sampling.temperature
+    V = x.shape[-1]
+    if sampling.uses_top_k:
+        assert sampling.top_k is not None
+        kth = torch.topk(x, min(sampling.top_k, V), dim=-1).values[:, -1:]  # (B, 1)
+        x = x.masked_fill(x < kth, -torch.inf)
+    if sampling.uses_top_p:
+        assert sampling.top_p is not None
+        q = torch.softmax(x, dim=-1)  # (B, V)
+        qs = torch.sort(q, dim=-1, descending=True).values
+        cum = torch.cumsum(qs, dim=-1)
+        excl = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], dim=-1)
+        n_keep = (excl < sampling.top_p).sum(dim=-1, keepdim=True)  # >= 1
+        x = x.masked_fill(q < qs.gather(-1, n_keep - 1), -torch.inf)
+    if gumbel is None:
+        u = torch.rand(x.shape, generator=generator, device=x.device).clamp_(_TINY, _ONE_MINUS)
+        gumbel = -torch.log(-torch.log(u))
+    return (x + gumbel).argmax(dim=-1)

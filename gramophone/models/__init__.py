@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from gramophone.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from miditok import REMI
+    from miditok import MusicTokenizer
 
     from gramophone.backends import Backend, Checkpoint
     from gramophone.grammar import Automaton
@@ -32,6 +32,7 @@ __all__ = [
     "bundled_checkpoint_path",
     "check_compatible",
     "checkpoint_meta",
+    "checkpoint_tokenizer",
     "load_checkpoint",
     "vocab_hash",
 ]
@@ -56,7 +57,7 @@ def vocab_hash(vocab: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()[:16]
 
 
-def checkpoint_meta(tokenizer: REMI, automaton: Automaton, **extra: Any) -> dict[str, Any]:
+def checkpoint_meta(tokenizer: MusicTokenizer, automaton: Automaton, **extra: Any) -> dict[str, Any]:
     """The ``meta`` a training checkpoint carries: ``vocab`` (token names by id),
     ``vocab_size``, ``vocab_hash`` (sha256 of the JSON list of names, 16 hex, as decoding
     checks it), ``tokenizer_hash``, ``tokenizer_config``, ``automaton_hash``, plus ``extra``."""
@@ -78,7 +79,7 @@ def checkpoint_meta(tokenizer: REMI, automaton: Automaton, **extra: Any) -> dict
 def check_compatible(
     meta: Mapping[str, Any],
     vocab_size: int,
-    tokenizer: REMI,
+    tokenizer: MusicTokenizer,
     automaton: Automaton | None = None,
     *,
     where: str | os.PathLike[str] = "checkpoint",
@@ -122,24 +123,29 @@ def check_compatible(
         )
 
 
+def checkpoint_tokenizer(path: str | os.PathLike[str]) -> MusicTokenizer:
+    """The tokenizer a checkpoint was trained with: its ``tokenizer.json`` when it has one
+    (what ``gramophone train`` writes), else the shipped config."""
+    from gramophone.tokenizers import load_tokenizer
+
+    tok_file = Path(path) / "tokenizer.json"
+    return load_tokenizer(tok_file if tok_file.is_file() else None)
+
+
 def load_checkpoint(
     backend: Backend,
     path: str | os.PathLike[str] | None = None,
-    tokenizer: REMI | None = None,
+    tokenizer: MusicTokenizer | None = None,
     automaton: Automaton | None = None,
 ) -> Checkpoint:
     """Load a checkpoint (default: the bundled one) with ``backend`` after checking that it
-    fits ``tokenizer`` (default: shipped) and ``automaton`` (when given)."""
+    fits ``tokenizer`` (default: the checkpoint's own, :func:`checkpoint_tokenizer`) and
+    ``automaton`` (when given: the grammar over the model's ids). The one way gramophone
+    loads a model; raises :class:`CheckpointError`."""
     from gramophone.backends import checkpoint as ckpt
-    from gramophone.tokenizers import load_tokenizer
 
     p = Path(path) if path is not None else bundled_checkpoint_path()
     info = ckpt.read_info(p)
-    check_compatible(
-        info.meta,
-        info.model.vocab_size,
-        tokenizer if tokenizer is not None else load_tokenizer(),
-        automaton,
-        where=p,
-    )
+    tok = tokenizer if tokenizer is not None else checkpoint_tokenizer(p)
+    check_compatible(info.meta, info.model.vocab_size, tok, automaton, where=p)
     return backend.load(p)

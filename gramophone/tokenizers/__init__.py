@@ -16,7 +16,9 @@ format:
 - plain text holds **base token names** separated by white space (one stream; blank-line
   separated blocks are separate streams): a learned token has no name of its own, so a
   trained tokenizer's text file is read as base tokens;
-- MIDI files (``.mid``/``.midi``/``.smf``) are tokenized into **model ids**;
+- MIDI files (``.mid``/``.midi``/``.smf``) are tokenized into **model ids** (what that
+  loses, a 7/8 meter the vocabulary lacks, notes outside the pitch range ...:
+  :mod:`gramophone.tokenizers.losses`);
 - ``-`` is standard input (JSON or text).
 
 :func:`read_tokens` returns a :class:`TokenFile`: the streams as the file holds them and
@@ -167,12 +169,9 @@ def encode_score(tokenizer: MusicTokenizer, score: Score) -> list[list[int]]:
     (WordPiece replaces a word longer than its ``max_input_chars_per_word`` by its unknown
     token) is a :class:`TokenFileError` rather than a wrong stream.
 
-    With programs in one stream, tracks are first sorted by program (drums first), so that
-    notes at one onset come in the grammar's canonical order.
+    The streams are miditok's ``encode`` exactly (with programs in one stream, the notes of
+    one onset come in the order of the score's tracks, which the grammar accepts).
     """
-    if tokenizer.config.use_programs:
-        score = score.copy()
-        score.tracks = sorted(score.tracks, key=lambda t: -1 if t.is_drum else t.program)  # type: ignore[assignment]
     seqs = tokenizer.encode(score)
     if not isinstance(seqs, list):
         seqs = [seqs]
@@ -204,6 +203,16 @@ def encode_midi(tokenizer: MusicTokenizer, path: str | os.PathLike[str]) -> list
     """
     from symusic import Score
 
+    p = Path(path)
+    if p.is_dir():
+        raise TokenFileError(f"{path}: is a directory")
+    if not p.exists():
+        raise TokenFileError(f"{path}: no such file")
+    try:
+        with p.open("rb"):
+            pass
+    except OSError as exc:
+        raise TokenFileError(f"{path}: cannot read ({exc.strerror})") from exc
     try:
         score = Score(str(path))
     except Exception as exc:  # symusic raises RuntimeError/ValueError on bad files
@@ -374,11 +383,13 @@ def _atomic_write(writers: dict[Path, str | Callable[[Path], None]]) -> None:
         for target, tmp in temps:
             os.replace(tmp, target)
             done.append(target)
-    except OSError as exc:
+    except BaseException as exc:  # a write error, or interrupted (Ctrl-C): no file, no partial set
         for path in [tmp for _, tmp in temps] + done:
             with contextlib.suppress(OSError):
                 path.unlink()
-        raise TokenFileError(f"{target}: cannot write ({exc.strerror or exc})") from exc
+        if isinstance(exc, OSError):
+            raise TokenFileError(f"{target}: cannot write ({exc.strerror or exc})") from exc
+        raise
 
 
 def write_token_streams(

@@ -236,4 +236,7 @@ class TorchBackend(Backend):
             raise CheckpointError(
                 f"{path}: optimizer is at step {payload.get('step')} but {ckpt.CONFIG_FILE} says {info.step}"
             )
+        # the stored groups carry the rate of the stored schedule: the state's own applies
+        for group, lr in zip(state.optimizer.param_groups, state.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
         return state

@@ -46,8 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from gramophone.bench.common import markdown_table, record, timed
-from gramophone.bench.peer_grammars import (
+from benchmarks.peer_grammars import (
     DELIMITER,
     LEVELS,
     RemiTokens,
@@ -55,6 +54,7 @@ from gramophone.bench.peer_grammars import (
     remi_grammar,
     render,
 )
+from gramophone.bench.common import markdown_table, record, timed
 
 __all__ = [
     "BATCHES",
@@ -108,7 +108,7 @@ CANNOT_EXPRESS: dict[str, str] = {
         "one rule per last pitch; the full grammar accepts exactly gramophone's language. "
         "Not written for any peer: rests (time carried across bar lines by note ends), "
         "tempos, chords, programs, pedals and pitch bends; such configs raise "
-        "UnsupportedConfigError in gramophone.bench.peer_grammars."
+        "UnsupportedConfigError in benchmarks.peer_grammars."
     ),
     "llguidance": (
         "Nothing, for the shipped config: the same language in llguidance's lark, each group "
@@ -728,9 +728,7 @@ def mask_step_records(
 
     for system in chosen:
         if not peer_available(system):
-            records += [
-                {**r, **common} for r in missing_records(system) if r["benchmark"] == "mask_step"
-            ]
+            records += [{**r, **common} for r in missing_records(system) if r["benchmark"] == "mask_step"]
             continue
         log(f"mask_step {system} ({tokenizer_name})")
         if system in OURS:
