@@ -132,37 +132,46 @@ def _file_streams(path: str, tokenizer: MusicTokenizer) -> tuple[Iterable[Iterab
 _CHECKED_SUFFIXES = (".json", ".txt", ".mid", ".midi", ".smf")
 
 
-def _is_tokenizer_file(path: Path) -> bool:
-    """A miditok tokenizer file (``tokenizer.save``), which ``check`` skips in a folder or glob."""
+def _not_a_token_file(path: Path) -> str | None:
+    """Why ``check`` skips ``path`` in a folder or glob, or None: a miditok tokenizer file
+    (``tokenizer.save``) or a ``decode`` summary, which gramophone writes beside token files."""
     if path.suffix.lower() != ".json" or not path.is_file():
-        return False
+        return None
     if path.name == "tokenizer.json":
-        return True
+        return "a tokenizer file"
     try:
         with path.open("rb") as fh:
             head = fh.read(4096)
     except OSError:
-        return False
-    return b'"ids"' not in head and (b'"tokenization"' in head or b'"_vocab_base"' in head)
+        return None
+    if b'"ids"' in head:
+        return None
+    if b'"tokenization"' in head or b'"_vocab_base"' in head:
+        return "a tokenizer file"
+    if b'"format": "gramophone-decode-summary"' in head:
+        return "a decode summary"
+    return None
 
 
 def _expand_check_paths(paths: Sequence[str]) -> Iterator[str]:
     """Files as given; a folder becomes its token and MIDI files (recursively, sorted);
-    tokenizer files are skipped with a note (``decode`` and ``tokenize`` write one beside
-    their token files, so ``check DIR/*.json`` just works)."""
+    tokenizer files and decode summaries are skipped with a note (``decode`` and
+    ``tokenize`` write them beside their token files, so ``check DIR`` and
+    ``check DIR/*.json`` just work)."""
     for name in paths:
         p = Path(name)
         if name != "-" and p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _CHECKED_SUFFIXES)
             files = []
             for f in found:
-                if _is_tokenizer_file(f):
-                    _note(f"{f}: skipped (a tokenizer file, not a token file)")
+                why = _not_a_token_file(f)
+                if why:
+                    _note(f"{f}: skipped ({why}, not a token file)")
                 else:
                     files.append(str(f))
             yield from files or [name]  # an empty folder: "is a directory", exit status 2
-        elif name != "-" and _is_tokenizer_file(p):
-            _note(f"{name}: skipped (a tokenizer file, not a token file)")
+        elif name != "-" and (why := _not_a_token_file(p)):
+            _note(f"{name}: skipped ({why}, not a token file)")
         else:
             yield name
 

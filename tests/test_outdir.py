@@ -107,6 +107,16 @@ def test_decode_twice_into_one_folder_and_formats(tmp_path: Path, capsys: pytest
     assert code == 0, err
     assert files(out) == {MANIFEST, "tokenizer.json", "summary.json", "piece-000.json", "piece-000.txt"}
     assert main(["check", *(str(p) for p in sorted(out.glob("piece-*.json")))]) == 0
+    capsys.readouterr()
+    # check DIR/*.json: the tokenizer file and the summary are skipped, each with a note
+    assert main(["check", *(str(p) for p in sorted(out.glob("*.json")))]) == 0
+    notes = capsys.readouterr().err.splitlines()
+    assert sorted(n.split(": skipped")[1] for n in notes) == [
+        " (a decode summary, not a token file)",
+        " (a tokenizer file, not a token file)",
+    ]
+    assert main(["check", str(out)]) == 0
+    capsys.readouterr()
 
     (out / "mine.wav").write_text("")
     code, _, err = run([*base, "--num", "1"], capsys)

@@ -429,6 +429,7 @@ def decode_to_folder(
         out / "summary.json",
         json.dumps(
             {
+                "format": "gramophone-decode-summary",
                 "backend": options.backend,
                 "checkpoint": str(loaded.path),
                 "num": options.num,
