@@ -18,7 +18,7 @@ kept (:data:`_COMPILED`) so the compile time can be reported apart.
 ``cache_dir()/jax`` (:func:`enable_compilation_cache`): a second ``gramophone decode --backend
 jax`` in a new process loads the compiled loop instead of compiling it again
 (``compile_seconds`` in ``summary.json``). ``GRAMOPHONE_JAX_CACHE=0`` turns it off; a cache
-folder set by the user (``JAX_COMPILATION_CACHE_DIR``) is kept.
+folder set by the user (``JAX_COMPILATION_CACHE_DIR``) is kept, and filled the same way.
 
 Imported only when the JAX backend is chosen.
 """
@@ -53,16 +53,19 @@ Array = jax.Array
 
 
 def enable_compilation_cache() -> None:
-    """XLA's persistent compilation cache under gramophone's cache folder (every entry, not
-    only slow compiles; unreadable entries dropped first: :func:`drop_unreadable_entries`);
-    unwritable folders only cost the cache, never the run."""
+    """XLA's persistent compilation cache under gramophone's cache folder, or in the folder
+    the user chose (``JAX_COMPILATION_CACHE_DIR``), for every entry, not only slow compiles
+    (JAX's default keeps only compiles over a second, and the decode loop's smaller pieces
+    would be compiled again in every process); unreadable entries are dropped first
+    (:func:`drop_unreadable_entries`); unwritable folders only cost the cache, never the run.
+    ``GRAMOPHONE_JAX_CACHE=0`` leaves JAX's settings alone."""
     from gramophone._files import cache_dir
 
-    user_dir = getattr(jax.config, "jax_compilation_cache_dir", None)
-    if os.environ.get("GRAMOPHONE_JAX_CACHE", "1") == "0" or user_dir:
+    if os.environ.get("GRAMOPHONE_JAX_CACHE", "1") == "0":
         return
+    user_dir = getattr(jax.config, "jax_compilation_cache_dir", None)
     try:
-        path = cache_dir() / "jax"
+        path = Path(user_dir) if user_dir else cache_dir() / "jax"
         path.mkdir(parents=True, exist_ok=True)
         drop_unreadable_entries(path)
     except OSError:
