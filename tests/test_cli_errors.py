@@ -349,7 +349,12 @@ def run_without(packages: list[str], args: list[str]) -> subprocess.CompletedPro
 
 
 def block(monkeypatch: pytest.MonkeyPatch, *packages: str) -> None:
-    """In this process, ``import NAME`` (and of its submodules) fails until the test ends."""
+    """In this process, ``import NAME`` (and of its submodules) fails until the test ends.
+
+    pretty_midi remembers at its import whether fluidsynth was there: it is imported first,
+    unblocked, or it would stay without FluidSynth for the rest of the test session."""
+    if "fluidsynth" in packages and "pretty_midi" not in packages:
+        import pretty_midi.fluidsynth  # noqa: F401
     for name in [m for m in sys.modules if m.split(".")[0] in packages] + list(packages):
         monkeypatch.setitem(sys.modules, name, None)
 
