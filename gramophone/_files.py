@@ -29,8 +29,10 @@ __all__ = [
     "atomic_write_bytes",
     "cache_dir",
     "code_hash",
+    "keep_cache_under",
     "remove_stale_temp_files",
     "temp_path_for",
+    "touch",
 ]
 
 CACHE_ENV_VAR = "GRAMOPHONE_CACHE"
@@ -125,3 +127,48 @@ def remove_stale_temp_files(folder: Path, older_than_s: float = 3600.0) -> int:
         except OSError:  # raced with its owner or another cleaner: not ours to worry about
             continue
     return removed
+
+
+# ----------------------------------------------------------------------------- cache size
+
+CACHE_MAX_ENV_VAR = "GRAMOPHONE_CACHE_MAX_GB"
+"""Environment variable: the most gigabytes one cache folder (decoding tables, ...) keeps."""
+DEFAULT_CACHE_MAX_GB = 4.0
+
+
+def keep_cache_under(folder: Path, max_bytes: int | None = None) -> int:
+    """Delete the least recently used files of ``folder`` until it holds at most
+    ``max_bytes`` (default ``$GRAMOPHONE_CACHE_MAX_GB``, 4 GB); returns how many. Cache keys
+    change with the code, so without this old entries pile up (readers touch the entries
+    they use: :func:`touch`). The newest entry is always kept."""
+    if max_bytes is None:
+        try:
+            max_bytes = int(float(os.environ.get(CACHE_MAX_ENV_VAR, DEFAULT_CACHE_MAX_GB)) * 1e9)
+        except ValueError:
+            max_bytes = int(DEFAULT_CACHE_MAX_GB * 1e9)
+    entries = []
+    for path in folder.glob("*"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if path.is_file() and not path.name.startswith("."):
+            entries.append((st.st_mtime, st.st_size, path))
+    entries.sort()
+    total = sum(size for _, size, _ in entries)
+    removed = 0
+    for _, size, path in entries[:-1]:  # oldest first, never the newest
+        if total <= max_bytes:
+            break
+        with contextlib.suppress(OSError):
+            path.unlink()
+            total -= size
+            removed += 1
+    return removed
+
+
+def touch(path: Path) -> None:
+    """Mark a cache entry as just used (its modification time: what
+    :func:`keep_cache_under` evicts by)."""
+    with contextlib.suppress(OSError):
+        os.utime(path)

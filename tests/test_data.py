@@ -345,3 +345,19 @@ def test_whole_corpus_in_the_cache() -> None:
         assert len(score.tracks) == 1
         assert score.note_num() > 0
         assert score.time_signatures[0].time == 0
+
+
+def test_a_cache_folder_keeps_its_recently_used_entries_under_the_cap(tmp_path: Path) -> None:
+    """Cache keys follow the code, so old entries would pile up: the least recently used go
+    first (a read marks an entry used), the newest always stays."""
+    import os
+
+    for i, name in enumerate(["old", "used", "mid", "new"]):
+        (tmp_path / f"{name}.npz").write_bytes(b"x" * 100)
+        os.utime(tmp_path / f"{name}.npz", (1000 + i, 1000 + i))
+    (tmp_path / ".x.npz.tmp").write_bytes(b"x" * 1000)  # a write in progress: not an entry
+    cache.touch(tmp_path / "used.npz")
+    assert cache.keep_cache_under(tmp_path, 250) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".x.npz.tmp", "new.npz", "used.npz"]
+    assert cache.keep_cache_under(tmp_path, 0) == 1  # the newest entry stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".x.npz.tmp", "used.npz"]

@@ -63,11 +63,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gramophone._files import atomic_write, cache_dir, code_hash
+from gramophone._files import atomic_write, cache_dir, code_hash, keep_cache_under, touch
 from gramophone._version import __version__
 from gramophone.decoding.distance import layered_distance
 from gramophone.decoding.framing import BOS, EOS, PAD, decoding_automaton
@@ -196,6 +197,7 @@ def _save_npz(path: os.PathLike[str] | str, **arrays: np.ndarray) -> None:
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
         atomic_write(path, buf.getvalue())
+        keep_cache_under(Path(path).parent)
     except OSError as exc:
         log.warning("could not write the decoding cache %s: %s", path, exc)
 
@@ -206,7 +208,9 @@ def _load_npz(path: os.PathLike[str] | str, keys: Sequence[str]) -> dict[str, np
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in keys}
+            got = {k: data[k] for k in keys}
+        touch(Path(path))
+        return got
     except Exception as exc:  # any unreadable cache entry is rebuilt, silently
         log.info("rebuilding the decoding cache entry %s: %s", path, exc)
         return None

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gramophone._files import cache_dir, code_hash
+from gramophone._files import cache_dir, code_hash, keep_cache_under, touch
 from gramophone._version import __version__
 from gramophone.errors import UnsupportedConfigError
 from gramophone.grammar.automaton import Automaton, Component
@@ -224,7 +224,9 @@ def compile_tokenizer(tokenizer: MusicTokenizer, *, use_cache: bool = True) -> A
     path = cache_dir() / "automata" / f"{grammar.scheme}-{_cache_key(vocab, grammar)}.npz"
     if use_cache and path.exists():
         try:
-            return Automaton.load(path)
+            loaded = Automaton.load(path)
+            touch(path)
+            return loaded
         except Exception as exc:  # any unreadable entry (truncated, foreign): rebuilt silently
             log.info("rebuilding the automaton cache entry: %s", exc)
     meta = {
@@ -236,6 +238,7 @@ def compile_tokenizer(tokenizer: MusicTokenizer, *, use_cache: bool = True) -> A
     if use_cache:
         try:
             automaton.save(path)
+            keep_cache_under(path.parent)
         except OSError as exc:  # a read-only cache is not fatal
             log.warning("could not write the automaton cache %s: %s", path, exc)
     return automaton
