@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from pathlib import Path
 
@@ -143,39 +142,22 @@ def _composer_work_to_midi(name: str, number: int | None, scratch: Path) -> byte
     program), measures laid out on whole bars as the chorales are (a pickup starts where
     its bar would, time signatures where the layout's bars change meter; chorales.py's
     helpers), tempos and key signatures kept."""
-    import tempfile
+    from music21 import corpus, stream
+    from symusic.core import NoteTick, ScoreTick, TrackTick
 
-    from music21 import corpus, meter, stream
-    from symusic.core import NoteTick, ScoreTick, TimeSignatureTick, TrackTick
-
-    from gramophone.data.chorales import _dedupe_meta, _expanded_measures, _TimeMap, layout_measures
+    from gramophone.data.chorales import (
+        _dedupe_meta,
+        _measures_and_midi,
+        _TimeMap,
+        bar_time_signatures,
+        layout_measures,
+    )
 
     parsed = corpus.parse(name) if number is None else corpus.parse(name, number=number)
     if isinstance(parsed, stream.Opus):
         parsed = parsed.scores[0]
-    measures = _expanded_measures(parsed)
-    if not measures:
-        raise ValueError(f"{name}: no measures")
-    ts = measures[0].timeSignature or measures[0].getContextByClass(meter.TimeSignature)
-    ts = ts or meter.TimeSignature("4/4")
-    rows: list[tuple[float, float, float]] = []
-    signatures: list[tuple[int, int]] = []
-    for m in measures:
-        ts = m.timeSignature or ts
-        bar = float(ts.barDuration.quarterLength)
-        rows.append((float(m.duration.quarterLength), bar, float(m.paddingLeft)))
-        signatures.append((int(ts.numerator), int(ts.denominator)))
-    fd, tmp = tempfile.mkstemp(prefix="gramophone-", suffix=".mid", dir=scratch)
-    os.close(fd)
-    try:
-        parsed.write("midi", fp=tmp)
-        src = ScoreTick.from_file(tmp)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    measures, rows, signatures, src = _measures_and_midi(parsed, scratch)
     tpq = src.ticks_per_quarter
-    written_end = max((n.time + n.duration for t in src.tracks for n in t.notes), default=0)
-    if written_end > (float(measures[-1].offset) + rows[-1][0]) * tpq + 1:
-        raise ValueError(f"{name}: music21's MIDI is longer than its measures (repeats?)")
     new_starts, bars = layout_measures(rows)
     tmap = _TimeMap([round(float(m.offset) * tpq) for m in measures], [round(t * tpq) for t in new_starts])
     out = ScoreTick(tpq)
@@ -191,11 +173,8 @@ def _composer_work_to_midi(name: str, number: int | None, scratch: Path) -> byte
         out.tempos.append(tempo)
     for ks in _dedupe_meta(src.key_signatures, lambda e: (e.key, e.tonality), tmap):
         out.key_signatures.append(ks)
-    last: tuple[int, int] | None = None
-    for bar_start, i in bars:
-        if signatures[i] != last:
-            last = signatures[i]
-            out.time_signatures.append(TimeSignatureTick(round(bar_start * tpq), *last))
+    for sig in bar_time_signatures(bars, signatures, tpq):
+        out.time_signatures.append(sig)
     if out.note_num() == 0:
         raise ValueError(f"{name}: no notes")
     return bytes(out.dumps_midi())

@@ -416,41 +416,29 @@ def _expanded_measures(score: Any) -> list[Any]:
     return list(expanded.getElementsByClass(stream.Measure))
 
 
-def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
-    """Parse chorale *name* with music21 and make the single-track symusic score."""
-    from music21 import corpus, meter, stream
-    from symusic.core import ScoreTick, TimeSignatureTick
+def _measures_and_midi(
+    score: Any, scratch: Path
+) -> tuple[list[Any], list[tuple[float, float, float]], list[tuple[int, int]], ScoreTick]:
+    """The measures of the first part in playing order, each one's ``(length, bar length,
+    pickup padding)`` in quarter notes and time signature, and the score as music21's MIDI
+    writer plays it (read back with symusic). :class:`ValueError` without measures, or when
+    the writer plays more than the measures listed (repeats it expanded differently)."""
+    from music21 import meter
+    from symusic.core import ScoreTick
 
-    score = corpus.parse(name)
-    if not isinstance(score, stream.Score):
-        raise TypeError(f"music21 parsed {name} as {type(score).__name__}, not a Score")
-    parts = list(score.parts)
-    keep = select_voices([p.partName for p in parts])
-    for i, part in enumerate(parts):
-        if i not in keep:
-            score.remove(part)
-
-    # The measures of the first voice, in playing order, and their time signatures.
     measures = _expanded_measures(score)
     if not measures:
         raise ValueError("no measures")
     ts = measures[0].timeSignature or measures[0].getContextByClass(meter.TimeSignature)
-    if ts is None:
-        ts = meter.TimeSignature("4/4")
+    ts = ts or meter.TimeSignature("4/4")
     rows: list[tuple[float, float, float]] = []
     signatures: list[tuple[int, int]] = []
     for m in measures:
-        if m.timeSignature is not None:
-            ts = m.timeSignature
+        ts = m.timeSignature or ts
         rows.append(
-            (
-                float(m.duration.quarterLength),
-                float(ts.barDuration.quarterLength),
-                float(m.paddingLeft),
-            )
+            (float(m.duration.quarterLength), float(ts.barDuration.quarterLength), float(m.paddingLeft))
         )
         signatures.append((int(ts.numerator), int(ts.denominator)))
-
     fd, tmp = tempfile.mkstemp(prefix="gramophone-", suffix=".mid", dir=scratch)
     os.close(fd)
     try:
@@ -466,6 +454,40 @@ def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
         raise ValueError(
             f"music21's MIDI ends at {written_end / tpq} quarter notes, its measures at {measures_end / tpq}"
         )
+    return measures, rows, signatures, src
+
+
+def bar_time_signatures(
+    bars: Sequence[tuple[float, int]], signatures: Sequence[tuple[int, int]], tpq: int
+) -> list[Any]:
+    """A time signature at each bar of the layout (:func:`layout_measures`) whose measure's
+    meter differs from the bar before."""
+    from symusic.core import TimeSignatureTick
+
+    out = []
+    last: tuple[int, int] | None = None
+    for start, i in bars:
+        if signatures[i] != last:
+            last = signatures[i]
+            out.append(TimeSignatureTick(round(start * tpq), *last))
+    return out
+
+
+def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
+    """Parse chorale *name* with music21 and make the single-track symusic score."""
+    from music21 import corpus, stream
+
+    score = corpus.parse(name)
+    if not isinstance(score, stream.Score):
+        raise TypeError(f"music21 parsed {name} as {type(score).__name__}, not a Score")
+    parts = list(score.parts)
+    keep = select_voices([p.partName for p in parts])
+    for i, part in enumerate(parts):
+        if i not in keep:
+            score.remove(part)
+
+    measures, rows, signatures, src = _measures_and_midi(score, scratch)
+    tpq = src.ticks_per_quarter
     # Measures where no voice sings (instrumental interludes) are left out.
     spans = [
         (round(float(m.offset) * tpq), round((float(m.offset) + r[0]) * tpq))
@@ -479,11 +501,8 @@ def _chorale_to_score(name: str, scratch: Path) -> ScoreTick:
     tmap = _TimeMap([start for start, _ in spans], [round(t * tpq) for t in new_starts])
     out = _merge_tracks(src, tmap)
     out.time_signatures.clear()  # written again where the bars of the layout change meter
-    last: tuple[int, int] | None = None
-    for start, i in bars:
-        if signatures[i] != last:
-            last = signatures[i]
-            out.time_signatures.append(TimeSignatureTick(round(start * tpq), *last))
+    for sig in bar_time_signatures(bars, signatures, tpq):
+        out.time_signatures.append(sig)
     if out.note_num() == 0:
         raise ValueError("no notes")
     return out

@@ -95,13 +95,14 @@ def load_model(backend_name: str, checkpoint: str | Path | None = None) -> Loade
     from gramophone.backends import get_backend
     from gramophone.grammar import compile_tokenizer
     from gramophone.models import bundled_checkpoint_path, checkpoint_tokenizer, load_checkpoint
-    from gramophone.tokenizers import model_automaton
+    from gramophone.tokenizers import model_vocab
+    from gramophone.tokenizers.learned import lift_automaton
 
     backend = get_backend(backend_name)
     path = bundled_checkpoint_path() if checkpoint is None else Path(checkpoint)
     tokenizer = checkpoint_tokenizer(path)
     automaton = compile_tokenizer(tokenizer)
-    checked = model_automaton(tokenizer) if tokenizer.is_trained else automaton
+    checked = lift_automaton(automaton, model_vocab(tokenizer))  # the grammar over the model's ids
     loaded = load_checkpoint(backend, path, tokenizer, checked)
     return LoadedModel(backend, loaded.params, loaded.model, tokenizer, automaton, path)
 

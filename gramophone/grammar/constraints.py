@@ -81,22 +81,6 @@ class TimeModel:
         return ts[0] * self.positions_per_beat
 
 
-def _reachable(T: np.ndarray, start: int) -> np.ndarray:
-    """``bool[S]``: states reachable from ``start`` (a mask per level, no sort: the time
-    table with rests is large)."""
-    seen = np.zeros(T.shape[0], dtype=bool)
-    seen[start] = True
-    frontier = np.array([start])
-    while frontier.size:
-        hit = np.zeros_like(seen)
-        nxt = T[frontier].ravel()
-        hit[nxt[nxt != REJECT]] = True
-        hit &= ~seen
-        seen |= hit
-        frontier = np.nonzero(hit)[0]
-    return seen
-
-
 def time_component(vocab: Sequence[str], model: TimeModel) -> Component:
     """Positions, bars, time signatures and rests, in the time of miditok's REMI decoder.
 
@@ -206,7 +190,7 @@ def time_component(vocab: Sequence[str], model: TimeModel) -> Component:
     all_L = np.concatenate([[0], L_of])
     all_k = np.concatenate([[1], k_of])
     if model.use_rests:  # keep the reachable states only
-        keep = _reachable(table, 0)
+        keep = fsa.reachable(table, 0)
         new_id = np.full(S + 1, REJECT, dtype=np.int64)  # the last slot maps REJECT
         new_id[np.nonzero(keep)[0]] = np.arange(int(keep.sum()))
         table = new_id[table[keep]]

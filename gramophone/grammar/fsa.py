@@ -96,16 +96,18 @@ def determinize(nfa: NFA, start: int, final: int, n_symbols: int) -> tuple[np.nd
 
 
 def reachable(T: np.ndarray, start: int) -> np.ndarray:
-    """``bool[S]``: states reachable from ``start``."""
+    """``bool[S]``: states reachable from ``start`` (a mask per level, no sort: the time
+    tables with rests are large)."""
     seen = np.zeros(T.shape[0], dtype=bool)
     seen[start] = True
     frontier = np.array([start])
     while frontier.size:
-        nxt = np.unique(T[frontier].ravel())
-        nxt = nxt[nxt != REJECT]
-        nxt = nxt[~seen[nxt]]
-        seen[nxt] = True
-        frontier = nxt
+        hit = np.zeros_like(seen)
+        nxt = T[frontier].ravel()
+        hit[nxt[nxt != REJECT]] = True
+        hit &= ~seen
+        seen |= hit
+        frontier = np.nonzero(hit)[0]
     return seen
 
 

@@ -82,6 +82,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gramophone.errors import UnsupportedConfigError
+from gramophone.grammar import fsa
 from gramophone.grammar.automaton import Component
 from gramophone.grammar.constraints import beats_to_positions, drum_pitch_component, program_runs_components
 from gramophone.grammar.fsa import REJECT
@@ -157,22 +158,6 @@ class TsdGrammar:
             if self.use_programs:
                 out += program_runs_components(vocab, ("TimeShift", "Rest"))
         return out
-
-
-def _reachable(T: np.ndarray, start: int) -> np.ndarray:
-    """``bool[S]``: states reachable from ``start`` (as :func:`fsa.reachable`, with a mask
-    instead of a sort per level: the time table is large)."""
-    seen = np.zeros(T.shape[0], dtype=bool)
-    seen[start] = True
-    frontier = np.array([start])
-    while frontier.size:
-        hit = np.zeros_like(seen)
-        nxt = T[frontier].ravel()
-        hit[nxt[nxt != REJECT]] = True
-        hit &= ~seen
-        seen |= hit
-        frontier = np.nonzero(hit)[0]
-    return seen
 
 
 # -- tsd-time -------------------------------------------------------------------------------
@@ -284,7 +269,7 @@ def time_component(vocab: Sequence[str], model: TsdTimeModel) -> Component | Non
     start = 0 if has_ts else int(sid(np.array([0]), np.array([0]), np.array([0]))[0])
 
     # Keep the reachable states only, then expand the columns to the vocabulary.
-    keep = _reachable(table, start)
+    keep = fsa.reachable(table, start)
     new_id = np.full(S + 1, REJECT, dtype=np.int32)  # last slot maps REJECT
     new_id[np.nonzero(keep)[0]] = np.arange(int(keep.sum()), dtype=np.int32)
     table = new_id[table[keep]][:, token_column]
