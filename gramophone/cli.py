@@ -8,6 +8,7 @@ naming the file and the problem; never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from miditok import MusicTokenizer
 
     from gramophone.grammar import Automaton
+    from gramophone.grammar.composer import ComposerConstraints
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -43,6 +45,52 @@ def _load(tokenizer_path: str | None) -> tuple[MusicTokenizer, Automaton]:
 
     tokenizer = load_tokenizer(tokenizer_path)
     return tokenizer, compile_tokenizer(tokenizer)
+
+
+def _add_constraint_options(p: argparse.ArgumentParser) -> None:
+    """The composer constraints (gramophone/grammar/composer.py), shared by check and decode."""
+    group = p.add_argument_group(
+        "composer constraints",
+        "each one more automaton intersected with the grammar (README: Constraints a composer asks for)",
+    )
+    group.add_argument(
+        "--key",
+        metavar="TONIC:MODE",
+        help="pitched notes in this key's scale only (D:minor, F#:major, Bb:major; a minor key holds the "
+        "raised 6th and 7th too); drum notes are not pitches",
+    )
+    group.add_argument(
+        "--pitch-range", metavar="LO:HI", help="pitched notes between these MIDI numbers, inclusive (48:84)"
+    )
+    group.add_argument(
+        "--time-signature",
+        metavar="N/D",
+        help="every bar in this time signature (one of the tokenizer's TimeSig tokens)",
+    )
+    group.add_argument(
+        "--max-notes-per-onset",
+        metavar="N",
+        help="at most N notes start at one time (a new Position, Bar, TimeShift or Rest is a new onset)",
+    )
+    group.add_argument(
+        "--notes-per-bar",
+        metavar="LO:HI",
+        help="between LO and HI notes in every bar, the last one included (REMI without rests)",
+    )
+
+
+def _constraints(args: argparse.Namespace) -> ComposerConstraints | None:
+    """The composer constraints asked for, or None (a malformed one: ConstraintError)."""
+    from gramophone.grammar.composer import ComposerConstraints
+
+    constraints = ComposerConstraints.parse(
+        key=args.key,
+        pitch_range=args.pitch_range,
+        time_signature=args.time_signature,
+        max_notes_per_onset=args.max_notes_per_onset,
+        notes_per_bar=args.notes_per_bar,
+    )
+    return None if constraints.empty else constraints
 
 
 # -- check ------------------------------------------------------------------------------
@@ -178,11 +226,14 @@ def _expand_check_paths(paths: Sequence[str]) -> Iterator[str]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from gramophone.grammar.checker import check_stream
+    from gramophone.grammar.composer import with_constraints
     from gramophone.tokenizers import model_vocab
     from gramophone.tokenizers.losses import file_losses
 
     try:
+        constraints = _constraints(args)
         tokenizer, automaton = _load(args.tokenizer)
+        automaton = with_constraints(automaton, constraints)
         learned_vocab = model_vocab(tokenizer) if tokenizer.is_trained else None
     except GramophoneError as exc:
         _err(str(exc))
@@ -293,6 +344,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 # -- decode -----------------------------------------------------------------------------
 def cmd_decode(args: argparse.Namespace) -> int:
     from gramophone.decoding import DecodeOptions, Sampling, decode_to_folder
+    from gramophone.decoding.infill import parse_infill
 
     if args.greedy and (args.temperature, args.top_k, args.top_p) != (None, None, None):
         _err("--greedy takes no --temperature, --top-k or --top-p")
@@ -316,6 +368,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
         audio=not args.no_audio,
         formats=None if args.formats is None else tuple(f.strip() for f in args.formats.split(",")),
         strict=args.strict,
+        infill=None if args.infill is None else parse_infill(args.infill),
+        constraints=_constraints(args),
     )
     try:
         summary = decode_to_folder(options, warn=lambda message: _note(f"warning: {message}"))
@@ -333,17 +387,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gramophone.tokenizers import load_tokenizer, model_automaton
     from gramophone.training import TOKENIZER_FILE, latest_checkpoint, resolve_config, train
 
-    backend = get_backend(args.backend)  # a missing framework fails before the data is built
+    # a missing framework fails before the data is built
+    backend = get_backend(args.backend, **_hf_train_options(args))
     tok_path = args.tokenizer
     if tok_path is None and args.resume:  # the run's own tokenizer
         last = latest_checkpoint(Path(args.out))
         if last is not None and (last / TOKENIZER_FILE).is_file():
             tok_path = str(last / TOKENIZER_FILE)
+    if tok_path is None and args.init is not None and (Path(args.init) / TOKENIZER_FILE).is_file():
+        tok_path = str(Path(args.init) / TOKENIZER_FILE)  # the tokenizer of the model fine-tuned
     tokenizer = load_tokenizer(tok_path)
     automaton = model_automaton(tokenizer)
     config = None
     if not args.resume or args.preset is not None or args.config is not None:
-        config = resolve_config(len(automaton.vocab), args.preset, args.config, args.steps)
+        config = resolve_config(len(automaton.vocab), args.preset, args.config, args.steps, args.data)
+    if args.init is not None and config is not None:  # the shape is the model's: checked, then kept
+        loaded = backend.load_native(args.init, tokenizer, automaton)
+        assert loaded is not None
+        what = f"init {args.init}" + (f", lora {args.lora}" if args.lora else "")
+        config = dataclasses.replace(config, model=loaded.model, source=f"{config.source}; {what}")
+    if config is None and args.data is not None:  # --resume: the run's own data
+        _check_resume_data(Path(args.out), args.data)
     result = train(
         args.out,
         backend=backend,
@@ -356,6 +420,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         tokenizer=tokenizer,
         automaton=automaton,
+        workers=args.workers,
     )
     if result.model_dir is None:
         print(f"{result.out}: stopped at step {result.step}; --resume continues the run")
@@ -367,6 +432,41 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"forbidden mass {metrics['forbidden_mass']:.2e}"
         )
     return EXIT_OK
+
+
+def _hf_train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--model``, ``--init``, ``--lora``: options of the hf backend that start a run."""
+    given = {k: v for k in ("model", "init", "lora") if (v := getattr(args, k)) is not None}
+    if not given:
+        return given
+    first = next(iter(given))
+    if args.backend != "hf":
+        raise GramophoneError(
+            f"--{first} chooses a transformers model: it is for --backend hf, not --backend {args.backend}"
+        )
+    if args.resume:
+        raise GramophoneError(
+            f"--{first} starts a run; --resume continues the run in {args.out} "
+            "with its own model: leave it out"
+        )
+    return given
+
+
+def _check_resume_data(run_dir: Path, paths: Sequence[str]) -> None:
+    """``--data`` on ``--resume`` must name the run's own data."""
+    from gramophone.backends import checkpoint as ckpt
+    from gramophone.data.corpus import resolve_data_paths
+    from gramophone.data.dataset import DataConfig
+    from gramophone.training import TrainingError, latest_checkpoint
+
+    last = latest_checkpoint(run_dir)
+    if last is None:
+        return  # train() says there is nothing to resume
+    stored = DataConfig.from_dict(ckpt.read_info(last).meta.get("data") or {})
+    if stored.paths != resolve_data_paths(paths):
+        raise TrainingError(
+            f"{run_dir}: the run trains on {' '.join(stored.paths)}; leave out --data to resume it"
+        )
 
 
 def _positive_int(text: str) -> int:
@@ -382,10 +482,12 @@ def _positive_int(text: str) -> int:
 def _add_train_parser(sub: Any) -> None:
     p = sub.add_parser(
         "train",
-        help="train a model on the Bach chorales",
+        help="train a model on the Bach chorales or your MIDI files",
         description=(
             "Train the Transformer on the chorales (tokenized with the shipped config, transposed "
-            "for augmentation, split by piece) with the grammar's allowed masks. Writes into DIR: "
+            "for augmentation, split by piece) or on your MIDI files (--data: folders and files, "
+            "tokenized once in parallel and cached, bad files skipped with a line each, split by "
+            "file) with the grammar's allowed masks. Writes into DIR: "
             "checkpoints/ (every --checkpoint-every steps, atomically), metrics.jsonl, loss.png, "
             "model/ (final parameters) and eval.json (validation and test NLL). --resume continues "
             "from the last checkpoint with the same batches an uninterrupted run would see. The "
@@ -394,17 +496,55 @@ def _add_train_parser(sub: Any) -> None:
             "DIR/run.json; --resume continues it unchanged; metrics.jsonl has each step's lr."
         ),
     )
-    p.add_argument("--backend", required=True, metavar="torch|jax", help="framework to train with")
+    p.add_argument(
+        "--backend",
+        required=True,
+        metavar="torch|jax|hf",
+        help="framework to train with (hf: a HuggingFace transformers model, see --model)",
+    )
     p.add_argument(
         "--tokenizer",
         metavar="TOKENIZER.json",
         help="tokenizer file written by miditok's tokenizer.save, trained (BPE/Unigram/WordPiece) or not "
-        "(default: the shipped REMI config; with --resume: the run's own)",
+        "(default: the shipped REMI config; with --resume: the run's own; with --init: the model's)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="gpt2|llama",
+        help="with --backend hf: the transformers architecture, built from the config's model shape "
+        "(d_model, n_layers, n_heads, d_ff, max_len, dropout; default gpt2); model/ is a "
+        "save_pretrained folder",
+    )
+    p.add_argument(
+        "--init",
+        metavar="DIR",
+        help="with --backend hf: start from this save_pretrained folder (a run's model/), keeping its "
+        "shape and tokenizer; --preset/--config give the training settings",
+    )
+    p.add_argument(
+        "--lora",
+        metavar="r=8,alpha=16,dropout=0.05",
+        help="with --init: train LoRA adapters only (peft; GPT-2's c_attn/c_proj); model/ is saved "
+        "merged (decodes without peft), the adapter in model/adapter/",
     )
     group = p.add_mutually_exclusive_group()
     group.add_argument("--preset", metavar="NAME", help="named model + training config (default: chorales)")
     group.add_argument(
         "--config", metavar="FILE", help='JSON {"model": {...}, "train": {...}, "data": {...}}'
+    )
+    p.add_argument(
+        "--data",
+        nargs="+",
+        metavar="PATH",
+        help="MIDI folders (searched recursively for .mid/.midi), files, or chorales (the default); "
+        'replaces the config\'s "data": {"paths": [...]}',
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="processes that tokenize --data (default: the CPU count, at most 8, or this process alone "
+        "for fewer than 128 new files; 1: this process)",
     )
     p.add_argument("--steps", type=_positive_int, metavar="N", help="total updates (default: the config's)")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR from its last checkpoint")
@@ -464,7 +604,7 @@ def _add_bench_parser(sub: Any) -> None:
     )
     p.add_argument("--quick", action="store_true", help="reduced sizes and repeats (a few minutes)")
     p.add_argument(
-        "--only", metavar="A,B", help="only these sections (grammar, peers, train, decode, validity)"
+        "--only", metavar="A,B", help="only these sections (grammar, peers, vocab, train, decode, validity, music, context)"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=cmd_bench)
@@ -505,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="a MIDI file whose tokenizing loses content is an error"
     )
     p.add_argument("files", nargs="+", metavar="FILE")
+    _add_constraint_options(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
@@ -539,8 +680,19 @@ def build_parser() -> argparse.ArgumentParser:
             "Exit status: 0 all pieces valid, 1 some invalid (a bug), 2 an error."
         ),
     )
-    p.add_argument("--backend", required=True, metavar="torch|jax", help="framework that runs the model")
-    p.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder (default: the bundled model)")
+    p.add_argument(
+        "--backend",
+        required=True,
+        metavar="torch|jax|hf",
+        help="framework that runs the model (hf: a transformers save_pretrained folder as --checkpoint, "
+        "with the tokenizer.json beside it)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="DIR|RUN",
+        help="checkpoint folder, or a training run folder (its model/, else its latest checkpoint); "
+        "default: the bundled model",
+    )
     p.add_argument("--num", type=int, default=4, metavar="N", help="pieces to generate (default 4)")
     p.add_argument(
         "--max-tokens",
@@ -565,6 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bars", type=int, metavar="N", help="exactly N bars (Bar tokens) per piece")
     p.add_argument(
+        "--infill",
+        metavar="A:B",
+        help="regenerate exactly bars A..B (1-based, inclusive) of the --prompt piece and keep every "
+        "other bar token for token; the budget counts the kept bars",
+    )
+    p.add_argument(
         "--formats",
         metavar="A,B",
         help="what to write per piece, any of tokens (.json + .txt), midi, roll (piano-roll .png) and wav "
@@ -572,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-audio", action="store_true", help="no WAV files (the default formats less wav)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_constraint_options(p)
     p.set_defaults(func=cmd_decode)
 
     _add_train_parser(sub)
@@ -614,6 +773,8 @@ _EXTRAS = {
     "pretty_midi": "audio",
     "fluidsynth": "audio",
     "matplotlib": "audio",
+    "transformers": "hf",
+    "peft": "hf",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
+    "ConstraintError",
     "DecodingError",
     "GrammarError",
     "GramophoneError",
@@ -36,6 +37,11 @@ class TokenFileError(GramophoneError, ValueError):
 
 class CheckpointError(GramophoneError, ValueError):
     """A checkpoint is missing, truncated, corrupted or does not match the tokenizer."""
+
+
+class ConstraintError(GramophoneError, ValueError):
+    """A composer constraint (``--key``, ``--pitch-range`` ...) is malformed, or leaves no
+    pitch of the vocabulary."""
 
 
 class DecodingError(GramophoneError, ValueError):

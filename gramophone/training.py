@@ -12,7 +12,7 @@ A run folder holds::
                                     validation, test; ``final`` on the last evaluation)
     OUT/loss.png                    loss curve (matplotlib, when installed)
     OUT/model/                      the final parameters only (+ tokenizer.json): what
-                                    ``gramophone decode --checkpoint OUT/model`` loads
+                                    ``gramophone decode --checkpoint OUT`` loads
     OUT/eval.json                   validation and test metrics of the final model
 
 **Resuming.** Each checkpoint is written into a temporary folder and renamed into place
@@ -44,7 +44,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +54,9 @@ from tqdm import tqdm
 
 from gramophone._files import atomic_write, atomic_write_bytes
 from gramophone.backends.config import ModelConfig, TrainConfig, get_preset, learning_rate
-from gramophone.data.dataset import DataConfig, Dataset, TokenSplit, load_dataset, train_batch
+from gramophone.data.corpus import load_data
+from gramophone.data.dataset import DataConfig, Dataset, TokenSplit, train_batch
+from gramophone.data.fim import fim_batch, fim_tokens
 from gramophone.errors import CheckpointError, GramophoneError
 
 if TYPE_CHECKING:
@@ -126,6 +128,7 @@ def resolve_config(
     preset: str | None = None,
     config_file: str | os.PathLike[str] | None = None,
     steps: int | None = None,
+    data_paths: Sequence[str] | None = None,
 ) -> RunConfig:
     """The run config of a preset (default :data:`DEFAULT_PRESET`) or a JSON file.
 
@@ -133,12 +136,15 @@ def resolve_config(
     :class:`ModelConfig` (``vocab_size`` may be left out: it is the tokenizer's),
     :class:`TrainConfig` (defaults for what is left out) and :class:`DataConfig`
     (optional). ``steps`` replaces ``train.total_steps``; a warmup longer than that is
-    shortened to it, which ``notes`` says.
+    shortened to it, which ``notes`` says. ``data_paths`` (``--data``) replaces the data's
+    ``paths`` (relative paths are from the current folder; in the file, from the file's).
     Every problem is one :class:`TrainingError` line naming the file or preset.
     """
+    from gramophone.data.corpus import resolve_data_paths
+
     if preset is not None and config_file is not None:
         raise TrainingError("give --preset or --config, not both")
-    data = DataConfig()
+    data, data_d = DataConfig(), dict[str, Any]()
     if config_file is not None:
         path = Path(config_file)
         where = str(path)
@@ -165,8 +171,10 @@ def resolve_config(
                 )
             model = ModelConfig.from_dict(model_d)
             train = TrainConfig.from_dict(raw.get("train") or {})
-            if raw.get("data") is not None:
-                data = DataConfig.from_dict(raw["data"])
+            data_d = dict(raw.get("data") or {})
+            if "paths" in data_d:
+                data_d["paths"] = resolve_data_paths(data_d["paths"], base=path.parent)
+            data = DataConfig.from_dict(data_d)
         except (ValueError, TypeError) as exc:
             raise TrainingError(f"{where}: {exc}") from None
         source = f"config {where}"
@@ -177,6 +185,8 @@ def resolve_config(
         except ValueError as exc:
             raise TrainingError(str(exc)) from None
         model, train, source = p.model_config(vocab_size), p.train, f"preset {name}"
+    if data_paths is not None:
+        data = DataConfig.from_dict({**data_d, "paths": resolve_data_paths(data_paths)})
     if train.seq_len > model.max_len:
         raise TrainingError(
             f"{source}: train.seq_len ({train.seq_len}) exceeds model.max_len ({model.max_len})"
@@ -305,7 +315,9 @@ def export_model(
 
     ``source`` is a checkpoint folder or a run folder (its ``model/``, else its latest
     checkpoint). Framework-free: reads and writes safetensors. ``extra_meta`` is merged
-    into the meta (e.g. evaluation figures).
+    into the meta (e.g. evaluation figures). A checkpoint of a backend with a model format
+    of its own (``hf``: no gramophone weights in it) is exported by that backend
+    (:meth:`~gramophone.backends.Backend.export_native`: a ``save_pretrained`` folder).
     """
     from gramophone.backends import checkpoint as ckpt
 
@@ -316,15 +328,22 @@ def export_model(
             raise CheckpointError(f"{src}: neither a checkpoint nor a run folder with one")
         src = found
     info = ckpt.read_info(src)
-    weights = ckpt.read_weights(info)
+    native = info.backend is not None and ckpt.WEIGHTS_FILE not in info.files
+    weights = None if native else ckpt.read_weights(info)
     meta = {**info.meta, **(extra_meta or {})}
 
     def fill(tmp: Path) -> None:
-        ckpt.save_checkpoint(tmp, weights, info.model, train=info.train, step=info.step, meta=meta)
+        if weights is None:  # the backend's own format (hf: save_pretrained)
+            from gramophone.backends import get_backend
+
+            get_backend(str(info.backend)).export_native(info, tmp, meta)
+        else:
+            ckpt.save_checkpoint(tmp, weights, info.model, train=info.train, step=info.step, meta=meta)
         if (src / TOKENIZER_FILE).is_file():
             shutil.copyfile(src / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
-        for f in tmp.iterdir():  # temporary files are private (0600); a model is to be shared
-            f.chmod(0o644)
+        for f in tmp.rglob("*"):  # temporary files are private (0600); a model is to be shared
+            if f.is_file():
+                f.chmod(0o644)
 
     return _write_dir_atomically(Path(dest), fill)
 
@@ -689,8 +708,11 @@ def train(
     tokenizer: MusicTokenizer | None = None,
     automaton: Automaton | None = None,
     on_note: Callable[[str], None] | None = None,
+    workers: int | None = None,
 ) -> TrainResult:
-    """Train (or resume) a model on the chorales into the run folder ``out``.
+    """Train (or resume) a model on the run's data (``config.data``: the chorales by
+    default, or MIDI folders tokenized by ``workers`` processes,
+    :func:`~gramophone.data.corpus.load_data`) into the run folder ``out``.
 
     ``config``: the run config (default: :data:`DEFAULT_PRESET`; on resume, the
     checkpoint's, and a different one is an error). ``steps`` replaces the total number
@@ -728,7 +750,10 @@ def train(
     for note in start.notes:
         (on_note or _note)(note)
     # The data before the run folder: a corpus that cannot be built leaves nothing behind.
-    data = dataset if dataset is not None else load_dataset(tok, grammar, start.run.data, progress=progress)
+    if dataset is None:
+        notes = on_note or _note
+        dataset = load_data(tok, grammar, start.run.data, workers=workers, progress=progress, on_note=notes)
+    data = dataset
     if data.automaton_hash != grammar.hash or tuple(data.vocab) != tuple(grammar.vocab):
         raise TrainingError("the dataset was built for another tokenizer or grammar")
     folder = _RunFolder(run_dir, be, start, tok)
@@ -779,6 +804,7 @@ def _train_loop(
     be, tc, state = folder.be, start.run.train, start.state
     split, val = data["train"], data["validation"]
     eval_batch = max(1, EVAL_TOKENS // tc.seq_len)
+    fim = fim_tokens(data.vocab) if tc.fim_rate > 0 else None
     last: dict[str, float] = {}
     last_ckpt = start.checkpoint
     ema: float | None = None
@@ -795,6 +821,8 @@ def _train_loop(
         for step in range(start.step, end):
             ts = time.perf_counter()
             batch = train_batch(split, tc.seq_len, tc.batch_size, tc.seed, step)
+            if fim is not None:
+                batch = fim_batch(batch, tc.fim_rate, tc.seed, step, fim)
             state, metrics = be.train_step(state, batch)
             dt = time.perf_counter() - ts
             done = step + 1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job (set-up included): decode pieces with the bundled model under the grammar's
 # hard mask, writing per piece a miditok token file, MIDI, WAV and a piano-roll picture,
-# then check the token files with the grammar's checker.
+# and a page to listen to them (index.html), then check the token files with the grammar's checker.
 #   scripts/demo.sh [OUT] [--backend jax] [more gramophone decode options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,6 @@ GRAM=.venv/bin/gramophone
 echo
 "$GRAM" check "$OUT"/piece-*.json
 echo
+test -s "$OUT/index.html"
 echo "Pieces in $OUT: token files (.json, .txt), MIDI (.mid), audio (.wav), piano rolls (.png)."
+echo "Listen and look: open $OUT/index.html in a browser (one static page, no server)."

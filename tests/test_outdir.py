@@ -99,13 +99,21 @@ def test_decode_twice_into_one_folder_and_formats(tmp_path: Path, capsys: pytest
         MANIFEST,
         "tokenizer.json",
         "summary.json",
+        "index.html",
         *(f"piece-00{i}{s}" for i in range(3) for s in (".json", ".txt", ".mid")),
     }
     assert json.loads((out / "summary.json").read_text())["formats"] == ["tokens", "midi"]
 
     code, _, err = run([*base, "--num", "1", "--formats", "tokens"], capsys)
     assert code == 0, err
-    assert files(out) == {MANIFEST, "tokenizer.json", "summary.json", "piece-000.json", "piece-000.txt"}
+    assert files(out) == {
+        MANIFEST,
+        "tokenizer.json",
+        "summary.json",
+        "index.html",
+        "piece-000.json",
+        "piece-000.txt",
+    }
     assert main(["check", *(str(p) for p in sorted(out.glob("piece-*.json")))]) == 0
     capsys.readouterr()
     # check DIR/*.json: the tokenizer file and the summary are skipped, each with a note

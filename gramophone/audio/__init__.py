@@ -25,7 +25,14 @@ from gramophone.errors import MissingDependencyError
 if TYPE_CHECKING:
     from symusic.core import ScoreTick
 
-__all__ = ["AudioUnavailableError", "check_wav", "piano_roll", "render_wav", "soundfont_path"]
+__all__ = [
+    "AudioUnavailableError",
+    "check_wav",
+    "draw_piano_roll",
+    "piano_roll",
+    "render_wav",
+    "soundfont_path",
+]
 
 
 class AudioUnavailableError(MissingDependencyError):
@@ -104,6 +111,41 @@ def _bar_lines(score: ScoreTick, end: int) -> list[float]:
     return lines
 
 
+def _score(score: ScoreTick | str | os.PathLike[str]) -> Any:
+    """A symusic score, read from a MIDI file when given a path."""
+    if hasattr(score, "tracks"):
+        return score
+    from symusic import Score
+
+    return Score(str(score))
+
+
+def draw_piano_roll(ax: Any, score: ScoreTick | str | os.PathLike[str], title: str = "") -> float:
+    """Draw the notes of a score (or a MIDI file) on the matplotlib axes ``ax``: time in
+    quarter notes, one row per pitch, bar lines dotted, darker for louder notes; returns
+    the piece's length in quarter notes (``ax=None``: only that)."""
+    sc = _score(score)
+    tpq = sc.ticks_per_quarter
+    notes = [(n.time, n.duration, n.pitch, n.velocity) for t in sc.tracks for n in t.notes]
+    arr = np.array(notes, dtype=np.float64).reshape(-1, 4)
+    end = int((arr[:, 0] + arr[:, 1]).max()) if len(arr) else 4 * tpq
+    if ax is None:
+        return end / tpq
+    if len(arr):
+        shade = 0.35 + 0.65 * arr[:, 3] / 127.0
+        colors = [(0.1, 0.25, 0.6, a) for a in shade]
+        ax.barh(arr[:, 2], arr[:, 1] / tpq, left=arr[:, 0] / tpq, height=0.8, color=colors, edgecolor="none")
+        ax.set_ylim(arr[:, 2].min() - 2, arr[:, 2].max() + 2)
+    for x in _bar_lines(sc, end):
+        ax.axvline(x, color="0.6", linewidth=0.6, linestyle=":")
+    ax.set_xlim(0, end / tpq)
+    ax.set_xlabel("time (quarter notes)")
+    ax.set_ylabel("MIDI pitch")
+    if title:
+        ax.set_title(title)
+    return end / tpq
+
+
 def piano_roll(
     score: ScoreTick | str | os.PathLike[str], png_path: str | os.PathLike[str], title: str = ""
 ) -> Path:
@@ -119,30 +161,11 @@ def piano_roll(
             f"matplotlib is not installed ({exc}): pip install 'gramophone[audio]'"
         ) from None
 
-    sc: Any = score
-    if not hasattr(sc, "tracks"):
-        from symusic import Score
-
-        sc = Score(str(score))
-    tpq = sc.ticks_per_quarter
-    notes = [(n.time, n.duration, n.pitch, n.velocity) for t in sc.tracks for n in t.notes]
-    arr = np.array(notes, dtype=np.float64).reshape(-1, 4)
-    end = int((arr[:, 0] + arr[:, 1]).max()) if len(arr) else 4 * tpq
-    fig = Figure(figsize=(max(6.0, min(24.0, end / tpq / 4)), 4), dpi=100)
+    sc = _score(score)
+    end_quarters = draw_piano_roll(None, sc)
+    fig = Figure(figsize=(max(6.0, min(24.0, end_quarters / 4)), 4), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if len(arr):
-        shade = 0.35 + 0.65 * arr[:, 3] / 127.0
-        colors = [(0.1, 0.25, 0.6, a) for a in shade]
-        ax.barh(arr[:, 2], arr[:, 1] / tpq, left=arr[:, 0] / tpq, height=0.8, color=colors, edgecolor="none")
-        ax.set_ylim(arr[:, 2].min() - 2, arr[:, 2].max() + 2)
-    for x in _bar_lines(sc, end):
-        ax.axvline(x, color="0.6", linewidth=0.6, linestyle=":")
-    ax.set_xlim(0, end / tpq)
-    ax.set_xlabel("time (quarter notes)")
-    ax.set_ylabel("MIDI pitch")
-    if title:
-        ax.set_title(title)
+    draw_piano_roll(fig.add_subplot(), sc, title=title)
     fig.tight_layout()
     out = Path(png_path)
     fig.savefig(out)

@@ -1,4 +1,5 @@
-"""Model backends: one Transformer, in PyTorch and in JAX/Flax, one checkpoint format.
+"""Model backends: one Transformer, in PyTorch and in JAX/Flax, one checkpoint format;
+and ``hf``, HuggingFace transformers models (:mod:`gramophone.hf`, decoding only for now).
 
 Importing this package imports neither framework; :func:`get_backend` imports the one
 asked for.
@@ -67,6 +68,14 @@ _REGISTRY: dict[str, _Entry] = {
         "jax",
         "gramophone.decoding.jax_loop",
     ),
+    # HuggingFace transformers models (save_pretrained folders); decodes with the torch loop
+    "hf": _Entry(
+        "gramophone.hf",
+        "HFBackend",
+        ("torch", "transformers", "safetensors"),
+        "hf",
+        "gramophone.hf",
+    ),
 }
 _INSTANCES: dict[str, Backend] = {}
 
@@ -111,7 +120,7 @@ def available_backends() -> list[str]:
 
 
 def get_backend(name: str, **options: Any) -> Backend:
-    """The backend called ``name`` (``"torch"`` or ``"jax"``), importing its framework now.
+    """The backend called ``name`` (``"torch"``, ``"jax"``, ``"hf"``), importing its framework now.
 
     Without ``options`` the instance is shared; ``options`` go to the backend's constructor
     (e.g. ``device="cuda"`` for torch). Raises :class:`BackendUnavailableError` for an

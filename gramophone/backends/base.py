@@ -35,6 +35,7 @@ import numpy as np
 
 from gramophone.backends import checkpoint as ckpt
 from gramophone.backends.config import ModelConfig, TrainConfig
+from gramophone.errors import CheckpointError
 
 __all__ = [
     "Backend",
@@ -256,6 +257,25 @@ class Backend(ABC):
         info = ckpt.read_info(path)
         params = self.from_numpy(ckpt.read_weights(info), info.model)
         return Checkpoint(params, info.model, info.train, info.step, info.meta, info.path)
+
+    def load_native(
+        self, path: str | os.PathLike[str], tokenizer: Any, automaton: Any = None
+    ) -> Checkpoint | None:
+        """A checkpoint in this backend's own framework format (the ``hf`` backend: a
+        ``save_pretrained`` folder), loaded and checked against ``tokenizer`` (and
+        ``automaton``); :func:`gramophone.models.load_checkpoint` asks this first. ``None``
+        (the default): gramophone's checkpoint format, which ``load_checkpoint`` reads."""
+        del path, tokenizer, automaton
+        return None
+
+    def export_native(self, info: ckpt.CheckpointInfo, dest: Path, meta: Mapping[str, Any]) -> None:
+        """Fill the new folder ``dest`` with the model of a training checkpoint that holds no
+        gramophone weights (``info.files`` has no ``model.safetensors``: this backend wrote
+        its own), in this backend's own format, with ``meta``; what
+        :func:`gramophone.training.export_model` calls for such a checkpoint (``hf``: a
+        ``save_pretrained`` folder)."""
+        del dest, meta
+        raise CheckpointError(f"{info.path}: the {self.name} backend has no model format of its own")
 
     def load_state(self, path: str | os.PathLike[str], train: TrainConfig | None = None) -> State:
         """A training state to resume from: parameters and step of the checkpoint, and this

@@ -120,7 +120,7 @@ def _describe(path: Path) -> dict[str, Any]:
 
 def save_checkpoint(
     path: str | os.PathLike[str],
-    weights: Mapping[str, np.ndarray],
+    weights: Mapping[str, np.ndarray] | None,
     model: ModelConfig,
     *,
     train: TrainConfig | None = None,
@@ -132,16 +132,21 @@ def save_checkpoint(
     """Write a checkpoint directory (created if needed) and return its path.
 
     ``weights``: name -> float32 array, exactly the names and shapes of
-    :func:`expected_shapes` (checked before anything is written).
+    :func:`expected_shapes` (checked before anything is written); ``None`` for a backend
+    whose model is not gramophone's Transformer (``hf``): it writes its weights among
+    ``extra_files``, and ``model`` describes the shape.
     ``extra_files``: file name -> ``writer(tmp_path)``, e.g. optimizer state.
     """
     from safetensors.numpy import save_file
 
     directory = Path(path)
-    check_weights(weights, model, f"{directory / WEIGHTS_FILE} (writing)")
+    writers: dict[str, Callable[[Path], object]] = {}
+    if weights is not None:
+        check_weights(weights, model, f"{directory / WEIGHTS_FILE} (writing)")
+        arrays = {k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in expected_shapes(model)}
+        writers[WEIGHTS_FILE] = lambda tmp: save_file(arrays, str(tmp))
     directory.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in expected_shapes(model)}
-    writers = {WEIGHTS_FILE: lambda tmp: save_file(arrays, str(tmp)), **(extra_files or {})}
+    writers |= extra_files or {}
     before, earlier = _previous_files(directory)
     files = {name: _write_addressed(directory, name, writer) for name, writer in writers.items()}
     config = {
@@ -272,6 +277,11 @@ def read_weights(info: CheckpointInfo, *, verify: bool = True) -> dict[str, np.n
 
     # a config without file records (written by hand): the plain name, safetensors' own checks
     p = file_path(info, WEIGHTS_FILE, verify=verify) or info.path / WEIGHTS_FILE
+    if not p.is_file() and info.files and info.backend is not None:
+        raise CheckpointError(
+            f"{info.path}: holds a model of the {info.backend} backend, not gramophone's Transformer: "
+            f"load it with --backend {info.backend}"
+        )
     if not p.is_file():
         raise CheckpointError(f"{p}: missing")
     try:

@@ -144,6 +144,7 @@ class TrainConfig:
     beta2: float = 0.98
     eps: float = 1e-8
     min_lr_ratio: float = 0.1
+    fim_rate: float = 0.0  # share of training windows in fill-in-the-middle order (gramophone.data.fim)
 
     def __post_init__(self) -> None:
         owner = "TrainConfig"
@@ -161,6 +162,7 @@ class TrainConfig:
         _check_float(owner, "beta2", self.beta2, 0.0, 1.0)
         _check_float(owner, "eps", self.eps, 0.0)
         _check_float(owner, "min_lr_ratio", self.min_lr_ratio, 0.0, 1.0, hi_open=False)
+        _check_float(owner, "fim_rate", self.fim_rate, 0.0, 1.0, hi_open=False)
         if self.loss not in LOSSES:
             raise ValueError(f"TrainConfig.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.warmup_steps > self.total_steps:

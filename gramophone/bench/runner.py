@@ -29,6 +29,9 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("train", "gramophone.bench.train", "Training throughput"),
     ("decode", "gramophone.bench.decode", "Decoding throughput and the cost of the mask"),
     ("validity", "gramophone.bench.validity_table", "Validity of sampled pieces"),
+    ("music", "gramophone.bench.music", "Sampled pieces next to the chorales: musical statistics"),
+    ("context", "gramophone.bench.context", "How much of its context the model uses: Pitch NLL by context"),
+    ("infill", "gramophone.bench.infill", "Infilling bars: NLL given the bars before, or both sides"),
 )
 
 

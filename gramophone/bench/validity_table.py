@@ -14,6 +14,10 @@ record per statistic and row, plus the held-out chorales of the test split).
 
 Trained models are kept under ``cache_dir()/bench-runs/`` (keyed on their config) and
 reused by a later run.
+
+:func:`run_models` makes the same rows for models trained elsewhere, on any backend (the
+``hf`` backend's ``save_pretrained`` folders: the seed's Model 0 and its LoRA fine-tune,
+``benchmarks/bench_hf.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ from gramophone.bench.common import markdown_table, record
 from gramophone.bench.music_stats import STATS, mean_stats, piece_stats
 from gramophone.bench.validity import KINDS, judge
 
-__all__ = ["markdown", "plots", "run"]
+__all__ = ["markdown", "plots", "run", "run_models"]
 
 LOSSES = ("ce", "ce+structural", "masked")
 
@@ -110,6 +114,33 @@ def _forbidden_mass(backend: Any, params: Any, auto: Any, streams: Sequence[Sequ
 def run(quick: bool = False, backend: str = "torch") -> list[dict[str, Any]]:
     """Train the three models (or reuse them), sample, judge; see the module notes."""
     from gramophone.backends import get_backend
+
+    setup = QUICK if quick else FULL
+    be = get_backend(backend)
+    records: list[dict[str, Any]] = []
+    models = _train_models(setup, backend)
+    n, budget = int(setup["n"]), int(setup["budget"])
+    for loss, (model_dir, val) in models.items():
+        ckpt = be.load(model_dir)
+        got, _ = _model_rows(loss, "gramophone-" + backend, be, ckpt.params, val, n=n, budget=budget)
+        records.extend(got)
+    records.extend(_held_out_stats(quick))
+    return records
+
+
+def _model_rows(
+    label: str,
+    system: str,
+    be: Any,
+    params: Any,
+    val: dict[str, float] | None,
+    *,
+    n: int,
+    budget: int,
+) -> tuple[list[dict[str, Any]], dict[str, list[list[int]]]]:
+    """The ``validity`` and ``music_stats`` records of one model (``training``: ``label``),
+    sampled freely and under the mask, ``n`` pieces each within ``budget`` tokens; and the
+    sampled streams by mode. ``val``: its validation metrics (None: not known)."""
     from gramophone.decoding import decoding_tables, prepare_prompt
     from gramophone.decoding.driver import sampler_for, split_batches
     from gramophone.decoding.loop import DecodeRequest
@@ -117,67 +148,74 @@ def run(quick: bool = False, backend: str = "torch") -> list[dict[str, Any]]:
     from gramophone.grammar import compile_remi
     from gramophone.tokenizers import decode_ids, load_tokenizer
 
-    setup = QUICK if quick else FULL
     tok = load_tokenizer()
     auto = compile_remi(tok)
     tables = decoding_tables(auto)
     prompt = prepare_prompt(tables, auto, None)
-    be = get_backend(backend)
+    sample = sampler_for(be, params)
     records: list[dict[str, Any]] = []
-    models = _train_models(setup, backend)
-    n, budget = int(setup["n"]), int(setup["budget"])
-    for loss, (model_dir, val) in models.items():
-        ckpt = be.load(model_dir)
-        sample = sampler_for(be, ckpt.params)
-        for mode in ("free", "masked"):
-            streams: list[list[int]] = []
-            for i, size in enumerate(split_batches(n, 50)):
-                request = DecodeRequest(
-                    prompt.ids,
-                    prompt.state,
-                    size,
-                    budget,
-                    Sampling(),
-                    seed=1000 + i,
-                    constrained=mode == "masked",
-                )
-                streams.extend(sample(tables, request).streams())
-            verdicts = [judge(tok, ids) for ids in streams]
-            n_tokens = sum(v.tokens for v in verdicts)
-            params = {"training": loss, "sampling": mode, "n": len(verdicts), "budget": budget}
-            rates = {
-                f"{k}_errors_per_token": sum(v.counts[k] for v in verdicts) / max(n_tokens, 1) for k in KINDS
-            }
-            extra: dict[str, Any] = {
-                "validation_nll": round(val["nll"], 4),
-                "validation_nll_allowed": round(val["nll_masked"], 4),
-                "validation_forbidden_mass": round(val["forbidden_mass"], 4),
-                **rates,
-            }
-            if mode == "masked":
-                extra["mask_removed_mass"] = _forbidden_mass(be, ckpt.params, auto, streams)
-            valid = sum(v.valid for v in verdicts) / len(verdicts)
-            records.append(
-                record(
-                    "validity",
-                    "gramophone-" + backend,
-                    "valid_fraction",
-                    valid,
-                    "fraction",
-                    **params,
-                    **extra,
-                )
+    sampled: dict[str, list[list[int]]] = {}
+    for mode in ("free", "masked"):
+        streams: list[list[int]] = []
+        for i, size in enumerate(split_batches(n, 50)):
+            request = DecodeRequest(
+                prompt.ids,
+                prompt.state,
+                size,
+                budget,
+                Sampling(),
+                seed=1000 + i,
+                constrained=mode == "masked",
             )
-            scores = []
-            for ids in streams:
-                try:
-                    scores.append(piece_stats(decode_ids(tok, ids)))
-                except Exception:  # a broken free-sampled piece has no statistics
-                    continue
-            for stat, value in mean_stats(scores).items():
-                records.append(record("music_stats", f"{loss} / {mode}", stat, value, "", pieces=len(scores)))
-    records.extend(_held_out_stats(quick))
-    return records
+            streams.extend(sample(tables, request).streams())
+        sampled[mode] = streams
+        verdicts = [judge(tok, ids) for ids in streams]
+        n_tokens = sum(v.tokens for v in verdicts)
+        params_ = {"training": label, "sampling": mode, "n": len(verdicts), "budget": budget}
+        rates = {
+            f"{k}_errors_per_token": sum(v.counts[k] for v in verdicts) / max(n_tokens, 1) for k in KINDS
+        }
+        extra: dict[str, Any] = dict(rates)
+        if val is not None:
+            extra["validation_nll"] = round(val["nll"], 4)
+            extra["validation_nll_allowed"] = round(val["nll_masked"], 4)
+            extra["validation_forbidden_mass"] = round(val["forbidden_mass"], 4)
+        if mode == "masked":
+            extra["mask_removed_mass"] = _forbidden_mass(be, params, auto, streams)
+        valid = sum(v.valid for v in verdicts) / len(verdicts)
+        records.append(record("validity", system, "valid_fraction", valid, "fraction", **params_, **extra))
+        scores = []
+        for ids in streams:
+            try:
+                scores.append(piece_stats(decode_ids(tok, ids)))
+            except Exception:  # a broken free-sampled piece has no statistics
+                continue
+        for stat, value in mean_stats(scores).items():
+            records.append(record("music_stats", f"{label} / {mode}", stat, value, "", pieces=len(scores)))
+    return records, sampled
+
+
+def run_models(
+    models: Mapping[str, tuple[str, str | Path]], n: int = 100, budget: int = 512
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[list[int]]]]]:
+    """The validity rows of models trained elsewhere: ``models`` maps a row label to
+    ``(backend, model folder)`` (an hf run's ``model/``; its validation metrics are read
+    from the run's ``eval.json`` beside it when there is one). Returns the records and,
+    per label, the sampled streams by mode (``free``, ``masked``)."""
+    from gramophone.backends import get_backend
+    from gramophone.models import load_checkpoint
+
+    records: list[dict[str, Any]] = []
+    streams: dict[str, dict[str, list[list[int]]]] = {}
+    for label, (backend, folder) in models.items():
+        be = get_backend(backend)
+        loaded = load_checkpoint(be, folder)
+        report = Path(folder).parent / "eval.json"
+        val = json.loads(report.read_text())["validation"] if report.is_file() else None
+        system = "gramophone-" + backend
+        got, streams[label] = _model_rows(label, system, be, loaded.params, val, n=n, budget=budget)
+        records.extend(got)
+    return records, streams
 
 
 def _held_out_stats(quick: bool) -> list[dict[str, Any]]:

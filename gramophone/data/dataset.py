@@ -87,6 +87,8 @@ DATASET_VERSION = 1
 its cache key already: :func:`dataset_code_hash`)."""
 
 SPLITS = ("train", "validation", "test")
+CHORALES = "chorales"
+"""The name of the default corpus in :attr:`DataConfig.paths`."""
 REJECT = -1
 # Tokens after a window start within which the stream's and the window's runs must meet.
 _MEET_WITHIN = 4
@@ -100,15 +102,27 @@ class DataError(GramophoneError, ValueError):
 class DataConfig:
     """How the corpus becomes training data (stored in checkpoints; part of the cache key).
 
-    ``transpose``: inclusive range of semitone offsets tried on training pieces (each kept
-    only if every pitch stays in the tokenizer's range); ``(0, 0)`` turns augmentation off.
-    ``split_seed``: seed of :func:`~gramophone.data.split_names`.
+    ``paths``: the corpus: ``"chorales"`` (the default) and/or MIDI files and folders
+    (searched recursively), :mod:`gramophone.data.corpus`. ``transpose``: inclusive range of
+    semitone offsets tried on training pieces (each kept only if every pitch stays in the
+    tokenizer's range); ``(0, 0)`` turns augmentation off; left out (``None``), -5..+6 for the
+    chorales alone and ``(0, 0)`` for any other corpus (each offset is one more tokenized copy
+    of the training set, on disk and in the build time). ``split_seed``: seed of
+    :func:`~gramophone.data.split_names`.
     """
 
-    transpose: tuple[int, int] = (-5, 6)
+    # None: the corpus's default (see above), resolved in __post_init__; always a pair after.
+    transpose: tuple[int, int] = None  # type: ignore[assignment]
     split_seed: int = 0
+    paths: tuple[str, ...] = (CHORALES,)
 
     def __post_init__(self) -> None:
+        paths = (self.paths,) if isinstance(self.paths, str) else tuple(self.paths)
+        if not paths or not all(isinstance(p, str) and p for p in paths):
+            raise ValueError(f"DataConfig.paths must be non-empty strings, got {self.paths!r}")
+        object.__setattr__(self, "paths", paths)
+        if self.transpose is None:
+            object.__setattr__(self, "transpose", (-5, 6) if paths == (CHORALES,) else (0, 0))
         lo, hi = self.transpose
         if isinstance(lo, bool) or isinstance(hi, bool) or not isinstance(lo, int) or not isinstance(hi, int):
             raise ValueError(f"DataConfig.transpose must be two ints, got {self.transpose!r}")
@@ -117,16 +131,18 @@ class DataConfig:
         object.__setattr__(self, "transpose", (lo, hi))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"transpose": list(self.transpose), "split_seed": self.split_seed}
+        return {"transpose": list(self.transpose), "split_seed": self.split_seed, "paths": list(self.paths)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataConfig:
-        unknown = sorted(set(data) - {"transpose", "split_seed"})
+        unknown = sorted(set(data) - {"transpose", "split_seed", "paths"})
         if unknown:
             raise ValueError(f"DataConfig: unknown field(s) {', '.join(unknown)}")
         kwargs = dict(data)
-        if "transpose" in kwargs:
+        if kwargs.get("transpose") is not None:
             kwargs["transpose"] = tuple(kwargs["transpose"])
+        if isinstance(kwargs.get("paths"), list):
+            kwargs["paths"] = tuple(kwargs["paths"])
         return cls(**kwargs)
 
 

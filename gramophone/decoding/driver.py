@@ -28,17 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gramophone.decoding.framing import decoding_automaton
+from gramophone.decoding.infill import InfillPlan, parse_infill, plan_infill
 from gramophone.decoding.loop import DecodeRequest, DecodeResult, backend_model, sample_numpy
 from gramophone.decoding.prompt import PreparedPrompt, prepare_prompt
-from gramophone.decoding.rules import Sampling
+from gramophone.decoding.rules import INF, Sampling
 from gramophone.decoding.tables import DecodingTables, decoding_tables
 from gramophone.errors import DecodingError
 
 if TYPE_CHECKING:
     from miditok import MusicTokenizer
 
-    from gramophone.backends import Backend, ModelConfig
+    from gramophone.backends import Backend, ModelConfig, TrainConfig
     from gramophone.grammar import Automaton
+    from gramophone.grammar.composer import ComposerConstraints
     from gramophone.tokenizers.learned import LearnedVocab
 
 __all__ = [
@@ -83,10 +86,13 @@ class LoadedModel:
     tokenizer: MusicTokenizer
     automaton: Automaton
     path: Path
+    train: TrainConfig | None = None  # how it was trained, when the checkpoint says
 
 
 def load_model(backend_name: str, checkpoint: str | Path | None = None) -> LoadedModel:
-    """Load ``checkpoint`` (default: the bundled model) on ``backend_name``.
+    """Load ``checkpoint`` (default: the bundled model) on ``backend_name``; a training run
+    folder stands for its final model, else its latest checkpoint
+    (:func:`~gramophone.models.resolve_checkpoint`).
 
     The tokenizer is the checkpoint's ``tokenizer.json`` when it has one, else the shipped
     config. Raises :class:`CheckpointError` (missing, corrupted, or trained for another
@@ -94,17 +100,22 @@ def load_model(backend_name: str, checkpoint: str | Path | None = None) -> Loade
     """
     from gramophone.backends import get_backend
     from gramophone.grammar import compile_tokenizer
-    from gramophone.models import bundled_checkpoint_path, checkpoint_tokenizer, load_checkpoint
+    from gramophone.models import (
+        bundled_checkpoint_path,
+        checkpoint_tokenizer,
+        load_checkpoint,
+        resolve_checkpoint,
+    )
     from gramophone.tokenizers import model_vocab
     from gramophone.tokenizers.learned import lift_automaton
 
     backend = get_backend(backend_name)
-    path = bundled_checkpoint_path() if checkpoint is None else Path(checkpoint)
+    path = bundled_checkpoint_path() if checkpoint is None else resolve_checkpoint(checkpoint)
     tokenizer = checkpoint_tokenizer(path)
     automaton = compile_tokenizer(tokenizer)
     checked = lift_automaton(automaton, model_vocab(tokenizer))  # the grammar over the model's ids
     loaded = load_checkpoint(backend, path, tokenizer, checked)
-    return LoadedModel(backend, loaded.params, loaded.model, tokenizer, automaton, path)
+    return LoadedModel(backend, loaded.params, loaded.model, tokenizer, automaton, path, loaded.train)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -142,9 +153,55 @@ def prepare(
     :class:`DecodingError` that names the minimum when the budget is too small."""
     name = str(options.prompt or "the prompt")
     tables = decoding_tables(automaton, options.bars, learned=learned)
+    if options.constraints is not None and tables.shortest() >= INF:
+        bars = f" --bars {options.bars}" if options.bars is not None else ""
+        raise DecodingError(f"no valid piece satisfies {options.constraints.describe()}{bars}")
     prompt = prepare_prompt(tables, automaton, prompt_ids, name=name)
     check_budget(prompt, budget, max_len, options.bars)
     return tables, prompt
+
+
+def prepare_infill(
+    automaton: Automaton,
+    plan: InfillPlan,
+    max_tokens: int | None,
+    max_len: int,
+    *,
+    learned: LearnedVocab | None = None,
+    name: str = "the prompt",
+    sees_suffix: bool = False,
+) -> tuple[DecodingTables, PreparedPrompt, int, int]:
+    """Tables and the loop's prompt to infill ``plan`` (see :mod:`~gramophone.decoding.infill`):
+    ``(tables, prompt, budget, loop_budget)``. ``budget`` is the length of each output piece.
+
+    A causal model that never reads the kept bars after the hole continues the prefix:
+    ``loop_budget = budget - len(plan.suffix)`` (default ``budget``: the model's context
+    plus the kept bars). A model trained in fill-in-the-middle order (``sees_suffix``,
+    :mod:`gramophone.data.fim`) reads ``suffix + prefix`` (BOS between them, as the prefix
+    starts with it) while the tables follow the prefix alone: the loop writes the piece's
+    length, ``loop_budget = budget`` (default: the model's context)."""
+    tables = decoding_tables(automaton, plan.bars, learned=learned, suffix=plan.suffix_base)
+    prompt = prepare_prompt(tables, automaton, list(plan.prefix), name=f"{name} before bar {plan.first}")
+    tail = len(plan.suffix)
+    read = tail if sees_suffix else 0  # kept tokens the model reads
+    budget = max_tokens if max_tokens is not None else max_len + tail - read
+    need = prompt.min_total + tail
+    around = f"{len(plan.prefix)} tokens before, {tail} after"
+    what = f"infilling bars {plan.first}..{plan.last} of {name} ({around})"
+    if prompt.min_total + read > max_len:
+        raise DecodingError(
+            f"{what} needs {prompt.min_total + read} tokens of context, more than the model's {max_len}"
+        )
+    if budget < need:
+        raise DecodingError(f"--max-tokens {budget} is too small: {what} needs {need} tokens")
+    if budget - tail + read > max_len:
+        raise DecodingError(
+            f"--max-tokens {budget} leaves the model {budget - tail + read} tokens to read, more than its "
+            f"context of {max_len}: use --max-tokens {max_len + tail - read} at most"
+        )
+    if sees_suffix:
+        prompt = PreparedPrompt((*plan.suffix, *prompt.ids), prompt.state, prompt.min_total + tail)
+    return tables, prompt, budget, budget - tail + read
 
 
 def split_batches(num: int, batch_size: int) -> list[int]:
@@ -228,6 +285,8 @@ class DecodeOptions:
     audio: bool = True
     formats: tuple[str, ...] | None = None
     strict: bool = False  # a MIDI prompt whose tokenizing loses content is an error
+    infill: tuple[int, int] | None = None  # regenerate bars A..B of the prompt (1-based, inclusive)
+    constraints: ComposerConstraints | None = None  # --key, --pitch-range ... (grammar.composer)
     batch_size: int = 64
     progress: bool = True
 
@@ -247,6 +306,12 @@ class DecodeOptions:
             raise DecodingError(f"--seed must be >= 0, got {self.seed}")
         if self.bars is not None and self.bars < 1:
             raise DecodingError(f"--bars must be at least 1, got {self.bars}")
+        if self.infill is not None:
+            if self.prompt is None:
+                raise DecodingError("--infill needs --prompt FILE: the piece whose bars are regenerated")
+            if self.bars is not None:
+                raise DecodingError("--infill keeps the prompt's bar count; it cannot be used with --bars")
+            parse_infill(f"{self.infill[0]}:{self.infill[1]}")
 
 
 @dataclass
@@ -349,7 +414,8 @@ def decode_to_folder(
     warn: Callable[[str], None] | None = None,
 ) -> DecodeSummary:
     """Decode ``options.num`` pieces and write, into ``options.out``: ``tokenizer.json``,
-    ``summary.json`` and, per piece and chosen format (:func:`output_formats`),
+    ``summary.json``, ``index.html`` (a page to listen to and look at the pieces,
+    :mod:`~gramophone.decoding.page`) and, per piece and chosen format (:func:`output_formats`),
     ``piece-NNN.json`` (miditok token file) + ``.txt`` (token names), ``.mid``, ``.png``
     (piano roll) and ``.wav`` (a note in the summary says why a default one is missing).
     Every piece is checked with the grammar checker; ``warn`` receives what tokenizing a
@@ -361,22 +427,43 @@ def decode_to_folder(
 
     from gramophone._files import atomic_write
     from gramophone._outdir import claim_output_folder
+    from gramophone.decoding.page import INDEX, count_bars, write_index
     from gramophone.grammar.checker import check_stream
+    from gramophone.grammar.composer import with_constraints
     from gramophone.tokenizers import save_tokenizer
     from gramophone.tokenizers.learned import learned_vocab
 
     loaded = load_model(options.backend, options.checkpoint)
+    if options.constraints is not None:  # composed before any table, prompt check or output check
+        loaded.automaton = with_constraints(loaded.automaton, options.constraints)
     budget = options.max_tokens if options.max_tokens is not None else loaded.config.max_len
     prompt_ids = None
     if options.prompt is not None:
         prompt_ids = read_prompt(options.prompt, loaded.tokenizer, strict=options.strict, warn=warn)
     learned = learned_vocab(loaded.tokenizer)
-    tables, prompt = prepare(
-        loaded.automaton, prompt_ids, budget, loaded.config.max_len, options, learned=learned
-    )
+    plan: InfillPlan | None = None
+    loop_budget = budget
+    if options.infill is not None:
+        assert prompt_ids is not None
+        name = str(options.prompt)
+        plan = plan_infill(prompt_ids, loaded.automaton, learned, options.infill, name=name)
+        sees_suffix = loaded.train is not None and loaded.train.fim_rate > 0
+        tables, prompt, budget, loop_budget = prepare_infill(
+            loaded.automaton,
+            plan,
+            options.max_tokens,
+            loaded.config.max_len,
+            learned=learned,
+            name=name,
+            sees_suffix=sees_suffix,
+        )
+    else:
+        tables, prompt = prepare(
+            loaded.automaton, prompt_ids, budget, loaded.config.max_len, options, learned=learned
+        )
     formats, left_out = output_formats(options)
     names = piece_names(options.num)
-    planned = ["tokenizer.json", "summary.json"]
+    planned = ["tokenizer.json", "summary.json", INDEX]
     planned += [n + suffix for n in names for f in formats for suffix in FORMATS[f]]
     folder = claim_output_folder(options.out, "decode", planned)
     out = folder.path
@@ -388,20 +475,26 @@ def decode_to_folder(
             tables,
             prompt,
             num=options.num,
-            budget=budget,
+            budget=loop_budget,
             sampling=options.sampling,
             seed=options.seed,
             batch_size=options.batch_size,
             on_batch=bar.update,
         )
 
+    generated = sum(len(s) - len(prompt.ids) for s in gen.streams)
+    checker = tables.automaton
+    if plan is not None:
+        context = len(prompt.ids) - len(plan.prefix)  # kept tokens the model read first (FIM)
+        gen.streams = [plan.splice(s[context:]) for s in gen.streams]
+        checker = decoding_automaton(loaded.automaton, plan.bars)  # the whole piece, kept bars included
     save_tokenizer(loaded.tokenizer, out / "tokenizer.json")
     summary = DecodeSummary(
         backend=options.backend,
         out=out,
         pieces=len(gen.streams),
         tokens=sum(len(s) for s in gen.streams),
-        generated=sum(len(s) - len(prompt.ids) for s in gen.streams),
+        generated=generated,
         seconds=gen.seconds,
         compile_seconds=gen.compile_seconds,
         audio_note=left_out.get("wav"),
@@ -419,13 +512,16 @@ def decode_to_folder(
         disable=not options.progress,
     )
     for name, ids in pieces:
-        report = check_stream(tables.automaton, tables.learned.expand(ids)[0])
+        report = check_stream(checker, tables.learned.expand(ids)[0])
         if report.violation is not None:
             summary.invalid.append(f"{name}: {report.violation}")
         notes = _write_piece(out / name, ids, loaded.tokenizer, formats, summary=summary, log=log)
         if notes == 0:
             summary.empty.append(name)
-        records.append({"piece": name, "tokens": len(ids), "notes": notes, "valid": report.valid})
+        bars = count_bars(loaded.tokenizer, ids, tables.learned.expand(ids)[0])
+        records.append(
+            {"piece": name, "tokens": len(ids), "notes": notes, "bars": bars, "valid": report.valid}
+        )
     atomic_write(
         out / "summary.json",
         json.dumps(
@@ -440,6 +536,8 @@ def decode_to_folder(
                 "prompt": None if options.prompt is None else str(options.prompt),
                 "prompt_tokens": len(prompt.ids),
                 "bars": options.bars,
+                "infill": None if plan is None else [plan.first, plan.last],
+                "constraints": None if options.constraints is None else options.constraints.to_dict(),
                 "formats": formats,
                 "seconds": summary.seconds,
                 "compile_seconds": summary.compile_seconds,
@@ -449,6 +547,7 @@ def decode_to_folder(
         )
         + "\n",
     )
+    write_index(out, summary)
     folder.finish()
     return summary
 

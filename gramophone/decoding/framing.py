@@ -22,6 +22,7 @@ __all__ = [
     "decoding_automaton",
     "framing_component",
     "min_notes_component",
+    "with_suffix",
 ]
 
 BOS, EOS, PAD = "BOS_None", "EOS_None", "PAD_None"
@@ -73,9 +74,42 @@ def _ends_only_when_accepting(component: Component, vocab: Sequence[str]) -> Com
     return Component(c.name, T, c.accepting, c.start, dict(c.info), c.neutral)
 
 
-def decoding_automaton(automaton: Automaton, bars: int | None = None) -> Automaton:
+def with_suffix(automaton: Automaton, suffix: Sequence[int]) -> Automaton:
+    """``automaton`` where EOS stands for ``suffix`` (base ids) followed by EOS: a stream
+    ``w EOS`` is accepted iff ``w suffix EOS`` is accepted by ``automaton``.
+
+    Exact per component, because acceptance after a fixed suffix is a product of the
+    components' own conditions: each component's EOS column becomes the run of that
+    component over ``suffix + EOS`` from each state. This is bar infilling's language (the
+    middle must end where the kept bars after it are accepted) for any loop that stops at
+    EOS. A neutral component stays neutral only if the suffix never forbids an ending it
+    allowed (else it joins the distance table).
+
+    A token may now lead where no ending is left (one Bar too many for the kept bars): the
+    decoding tables see such dead ends and mask every step with the exact distance (the
+    cheap AND of rows is for languages without them), so infills stay exact."""
+    eos = automaton.token_index[EOS]
+    path = [int(t) for t in suffix] + [eos]
+    comps = []
+    for c in automaton.components:
+        T = c.transitions
+        state = np.arange(c.num_states, dtype=np.int32)
+        for t in path:
+            state = np.where(state == REJECT, REJECT, T[np.maximum(state, 0), t]).astype(np.int32)
+        T2 = T.copy()
+        T2[:, eos] = state
+        neutral = c.neutral and bool(((state != REJECT) | (T[:, eos] == REJECT)).all())
+        comps.append(Component(c.name, T2, c.accepting, c.start, dict(c.info), neutral))
+    meta = {k: v for k, v in automaton.meta.items() if k != "language_hash"}  # another language
+    return Automaton(automaton.vocab, tuple(comps), automaton.grammar_text, meta)
+
+
+def decoding_automaton(
+    automaton: Automaton, bars: int | None = None, suffix: Sequence[int] | None = None
+) -> Automaton:
     """The grammar + framing (+ at least one note when the vocabulary has notes) + an exact
-    bar count. Its checker states why a stream is not a valid decoder output."""
+    bar count. Its checker states why a stream is not a valid decoder output. With
+    ``suffix`` (base ids), EOS stands for the suffix then EOS (:func:`with_suffix`)."""
     vocab = automaton.vocab
     out = automaton.with_component(framing_component(vocab))
     if any(_kind(t) in NOTE_KINDS for t in vocab):
@@ -86,4 +120,4 @@ def decoding_automaton(automaton: Automaton, bars: int | None = None) -> Automat
         if "Bar_None" not in automaton.token_index:
             raise DecodingError("--bars needs Bar_None in the vocabulary")
         out = out.with_component(_ends_only_when_accepting(bars_component(vocab, bars), vocab))
-    return out
+    return out if suffix is None else with_suffix(out, suffix)

@@ -71,7 +71,7 @@ import numpy as np
 from gramophone._files import atomic_write, cache_dir, code_hash, keep_cache_under, touch
 from gramophone._version import __version__
 from gramophone.decoding.distance import layered_distance
-from gramophone.decoding.framing import BOS, EOS, PAD, decoding_automaton
+from gramophone.decoding.framing import BOS, EOS, PAD, decoding_automaton, with_suffix
 from gramophone.decoding.rules import INF
 from gramophone.errors import DecodingError, GramophoneError
 from gramophone.grammar import REJECT, Automaton, Component
@@ -144,6 +144,7 @@ class DecodingTables:
     exact: bool = True
     bars: int | None = None
     meta: dict[str, float] = field(default_factory=dict)
+    suffix: tuple[int, ...] | None = None  # base ids EOS stands for (bar infilling), if any
 
     @property
     def vocab(self) -> tuple[str, ...]:
@@ -275,15 +276,19 @@ def decoding_tables(
     limit: int | None = None,
     use_cache: bool = True,
     max_cells: int = MAX_CELLS,
+    suffix: Sequence[int] | None = None,
 ) -> DecodingTables:
     """The tables to decode ``automaton``'s language (framed, with a note), optionally with
-    exactly ``bars`` Bar tokens, over ``learned`` (default: the base vocabulary).
+    exactly ``bars`` Bar tokens, over ``learned`` (default: the base vocabulary). With
+    ``suffix`` (base ids), EOS stands for that suffix then EOS
+    (:func:`~gramophone.decoding.framing.with_suffix`: bar infilling).
 
     ``limit`` is accepted for compatibility and ignored (distances are exact at any budget).
     """
     del limit
     t_start = time.perf_counter()
-    full = decoding_automaton(automaton, bars)
+    plain = decoding_automaton(automaton, bars)
+    full = plain if suffix is None else with_suffix(plain, suffix)
     comps = list(full.components)
     if learned is None:
         learned = LearnedVocab(automaton.vocab, tuple((i,) for i in range(len(automaton.vocab))), False)
@@ -294,7 +299,7 @@ def decoding_tables(
     in_dist, exact = _distance_groups(comps, groups, max_cells)
     timings: dict[str, float] = {}
     T, layers, tuples, side_T = _distance_layers(
-        full, groups, in_dist, bar_comp, use_cache=use_cache, timings=timings
+        full, groups, in_dist, bar_comp, use_cache=use_cache, timings=timings, plain=plain, suffix=suffix
     )
     dist_comps = [i for g in in_dist for i in groups[g] if i != bar_comp]
     dist, strides, dist_inf, max_d = _cartesian(
@@ -330,6 +335,7 @@ def decoding_tables(
         exact=exact,
         bars=bars,
         meta=timings,
+        suffix=None if suffix is None else tuple(int(t) for t in suffix),
     )
 
 
@@ -379,24 +385,49 @@ def _distance_layers(
     *,
     use_cache: bool,
     timings: dict[str, float],
+    plain: Automaton | None = None,
+    suffix: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """The reachable product of the distance components but the bar counter (``T``,
     ``tuples``), and the distances ``layers int32[K, S]`` per bar-counter state ``k`` (one
-    layer without a counter), with the counter's transitions (``side_T``, or None)."""
+    layer without a counter), with the counter's transitions (``side_T``, or None).
+
+    With ``suffix`` (``full`` is ``plain`` with EOS standing for it), the product is
+    ``plain``'s (cached) with its EOS column replaced by the run over ``suffix + EOS``: that
+    run stays inside ``plain``'s reachable product, so the states are the same, and a
+    second product per suffix is never built."""
     comps = full.components
+    source = plain.components if (plain is not None and suffix is not None) else comps
     dist_comps = [i for g in in_dist for i in groups[g] if i != bar_comp]
     t0 = time.perf_counter()
-    prod = _product(Automaton(full.vocab, tuple(comps[i] for i in dist_comps), "", {}), use_cache)
+    prod = _product(Automaton(full.vocab, tuple(source[i] for i in dist_comps), "", {}), use_cache)
     timings["product_s"] = time.perf_counter() - t0
-    T, acc, tuples = prod["T"], prod["accepting"], prod["tuples"]
+    T, acc, tuples, dist = prod["T"], prod["accepting"], prod["tuples"], prod["dist"]
+    if source is not comps:
+        assert suffix is not None
+        T = _eos_as_suffix(T, full.token_index[EOS], suffix)
+        from gramophone.grammar import fsa
+
+        d = fsa.distance_to_accept(T, acc)
+        dist = np.where(d < 0, INF, d).astype(np.int32)
     timings["product_states"] = float(T.shape[0])
     if bar_comp is None or not any(bar_comp in groups[g] for g in in_dist):
-        return T, prod["dist"][None, :], tuples, None
+        return T, dist[None, :], tuples, None
     t0 = time.perf_counter()
     side = comps[bar_comp]
     layers = layered_distance(T, acc, side.transitions, side.accepting)  # (K, S)
     timings["layered_distance_s"] = time.perf_counter() - t0
     return T, layers, tuples, side.transitions
+
+
+def _eos_as_suffix(T: np.ndarray, eos: int, suffix: Sequence[int]) -> np.ndarray:
+    """``T`` (a product, ``int32[S, V]``) with EOS leading where ``suffix + EOS`` leads."""
+    state = np.arange(T.shape[0], dtype=np.int32)
+    for t in [*suffix, eos]:
+        state = np.where(state == REJECT, REJECT, T[np.maximum(state, 0), int(t)]).astype(np.int32)
+    out = T.copy()
+    out[:, eos] = state
+    return out
 
 
 def _cartesian(

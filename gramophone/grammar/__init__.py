@@ -3,6 +3,7 @@
 from gramophone.grammar.automaton import REJECT, Automaton, Component
 from gramophone.grammar.checker import Violation, check_ids
 from gramophone.grammar.compiler import compile_grammar
+from gramophone.grammar.composer import ComposerConstraints, with_constraints
 from gramophone.grammar.remi import compile_remi
 from gramophone.grammar.schemes import SCHEMES, compile_tokenizer, derive, grammar_file_text
 
@@ -11,6 +12,7 @@ __all__ = [
     "SCHEMES",
     "Automaton",
     "Component",
+    "ComposerConstraints",
     "Violation",
     "check_ids",
     "compile_grammar",
@@ -18,4 +20,5 @@ __all__ = [
     "compile_tokenizer",
     "derive",
     "grammar_file_text",
+    "with_constraints",
 ]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gramophone.grammar import composer
 from gramophone.grammar.automaton import REJECT, Automaton
 
 if TYPE_CHECKING:
@@ -175,7 +176,8 @@ def _explain(automaton: Automaton, k: int, state: int, token: str, history: Sequ
             return f"{token} is {what} under Program_-1 (drums), which miditok never writes"
         under = _last_of(history, {"Program"}) or "a melodic program"
         return f"{token} is a drum pitch under {under}: miditok writes drum pitches under Program_-1 only"
-    return f"the constraint '{comp.name}' forbids {token}"
+    why = composer.explain(comp, state, token)  # --key, --pitch-range, ... (None: not one of them)
+    return why if why is not None else f"the constraint '{comp.name}' forbids {token}"
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,11 @@ def check_stream(
         return StreamReport(n, None)
     history = [vocab[i] for i in recent]
     reason = "the stream is empty" if n == 0 else f"the stream ends incomplete after {history[-1]}"
+    for comp, s in zip(automaton.components, states, strict=True):
+        why = None if comp.accepting[s] else composer.explain_end(comp, s)
+        if why is not None:  # a composer constraint unfinished (--notes-per-bar: the last bar)
+            reason += f": {comp.name}: {why}"
+            break
     violation = Violation(n, END, tuple(history), "end", reason, _expected(automaton, states))
     return StreamReport(n, violation)
 

@@ -173,11 +173,12 @@ def base_vocab(tokenizer: MusicTokenizer) -> list[str]:
 
 def automaton_code_hash() -> str:
     """:func:`~gramophone._files.code_hash` of the modules and grammar files that build
-    automata (this package but the checker): part of every key of a cached automaton or of
-    something built from one."""
+    automata (this package but the checker, and the composer constraints, which are added
+    after the cached automaton and reach caches through its tables' digest): part of every
+    key of a cached automaton or of something built from one."""
     here = Path(__file__).parent
     files = [*here.glob("*.py"), *(here / "grammars").glob("*.lark")]
-    return code_hash(f for f in files if f.name not in ("checker.py", "__init__.py"))
+    return code_hash(f for f in files if f.name not in ("checker.py", "__init__.py", "composer.py"))
 
 
 def _config_dict(tokenizer: MusicTokenizer) -> dict[str, Any]:

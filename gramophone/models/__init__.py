@@ -34,6 +34,7 @@ __all__ = [
     "checkpoint_meta",
     "checkpoint_tokenizer",
     "load_checkpoint",
+    "resolve_checkpoint",
     "vocab_hash",
 ]
 
@@ -123,6 +124,28 @@ def check_compatible(
         )
 
 
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint folder ``path`` names: itself when it holds a ``config.json`` (a
+    checkpoint, or a backend's own format), else a training run folder's final model
+    (``RUN/model``), else its latest complete checkpoint (``RUN/checkpoints/step-*``).
+    :class:`CheckpointError` in one line for a folder that is none of these."""
+    from gramophone.backends.checkpoint import CONFIG_FILE
+    from gramophone.training import MODEL_DIR, latest_checkpoint
+
+    p = Path(path)
+    if (p / CONFIG_FILE).is_file() or not p.is_dir():
+        return p  # a missing folder: loading it says so
+    if (p / MODEL_DIR / CONFIG_FILE).is_file():
+        return p / MODEL_DIR
+    last = latest_checkpoint(p)
+    if last is None:
+        raise CheckpointError(
+            f"{p}: neither a checkpoint (no {CONFIG_FILE}) nor a training run folder with a model "
+            f"({MODEL_DIR}/) or a complete checkpoint (checkpoints/step-*)"
+        )
+    return last
+
+
 def checkpoint_tokenizer(path: str | os.PathLike[str]) -> MusicTokenizer:
     """The tokenizer a checkpoint was trained with: its ``tokenizer.json`` when it has one
     (what ``gramophone train`` writes), else the shipped config."""
@@ -141,11 +164,16 @@ def load_checkpoint(
     """Load a checkpoint (default: the bundled one) with ``backend`` after checking that it
     fits ``tokenizer`` (default: the checkpoint's own, :func:`checkpoint_tokenizer`) and
     ``automaton`` (when given: the grammar over the model's ids). The one way gramophone
-    loads a model; raises :class:`CheckpointError`."""
+    loads a model; raises :class:`CheckpointError`. A backend with a checkpoint format of
+    its own (``hf``: a ``save_pretrained`` folder) loads and checks it in
+    :meth:`~gramophone.backends.Backend.load_native`."""
     from gramophone.backends import checkpoint as ckpt
 
     p = Path(path) if path is not None else bundled_checkpoint_path()
-    info = ckpt.read_info(p)
     tok = tokenizer if tokenizer is not None else checkpoint_tokenizer(p)
+    native = backend.load_native(p, tok, automaton)  # a format of the backend's own (hf)
+    if native is not None:
+        return native
+    info = ckpt.read_info(p)
     check_compatible(info.meta, info.model.vocab_size, tok, automaton, where=p)
     return backend.load(p)

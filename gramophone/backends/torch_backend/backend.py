@@ -6,6 +6,11 @@ parameter groups (decay on matrices and embeddings only), ``LambdaLR`` with
 a generator seeded by ``(seed, step)`` inside ``torch.random.fork_rng``, so a run is
 reproducible and resumable without touching torch's global random state.
 
+That training half is :class:`TorchTraining`, a mixin over any ``nn.Module`` that maps
+``inputs`` to logits (:meth:`TorchTraining._forward`); the ``hf`` backend
+(:mod:`gramophone.hf`) trains transformers models with it. Only parameters that require
+gradients are optimised (a LoRA fine-tune freezes the rest).
+
 For decoding loops that stay on the device (no host sync per step) use the module's own
 ``GPT.prefill`` / ``GPT.decode_step`` on tensors; the methods here convert to numpy.
 """
@@ -16,6 +21,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,7 +34,7 @@ from gramophone.backends.config import ModelConfig, TrainConfig, learning_rate
 from gramophone.backends.torch_backend.model import GPT, KVCache
 from gramophone.errors import CheckpointError
 
-__all__ = ["TorchBackend", "TorchTrainState", "compute_losses"]
+__all__ = ["TorchBackend", "TorchTrainState", "TorchTraining", "compute_losses"]
 
 OPTIMIZER_FILE = "optimizer-torch.pt"
 
@@ -37,7 +43,7 @@ OPTIMIZER_FILE = "optimizer-torch.pt"
 class TorchTrainState:
     """Mutable training state: the module, its optimizer and schedule, the update count."""
 
-    model: GPT
+    model: Any  # GPT, or a transformers model (the hf backend)
     optimizer: torch.optim.AdamW
     scheduler: torch.optim.lr_scheduler.LambdaLR
     train: TrainConfig
@@ -80,16 +86,18 @@ def compute_losses(logits: Tensor, batch: Mapping[str, Tensor], train: TrainConf
     return out
 
 
-class TorchBackend(Backend):
-    """PyTorch implementation. ``device`` defaults to CUDA when available, else CPU."""
+class TorchTraining:
+    """The training half of a PyTorch backend (see the module notes), for any module whose
+    :meth:`_forward` gives logits ``(B, T, V)`` and whose ``config.vocab_size`` is ``V``.
+    Needs ``self.device``; the optimizer state is the file ``optimizer_files[0]``."""
 
-    name = "torch"
-    optimizer_files = (OPTIMIZER_FILE,)
+    device: torch.device
+    optimizer_files: ClassVar[tuple[str, ...]] = (OPTIMIZER_FILE,)
 
-    def __init__(self, device: str | torch.device | None = None) -> None:
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+    def _forward(self, model: Any, inputs: Tensor) -> Tensor:
+        """Logits ``(B, T, V)`` of ``inputs`` ``(B, T)`` (train or eval mode as set)."""
+        out: Tensor = model(inputs)
+        return out
 
     # ----------------------------------------------------------------- helpers
 
@@ -120,6 +128,96 @@ class TorchBackend(Backend):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield
+
+    # ----------------------------------------------------------------- training
+
+    @torch.no_grad()
+    def evaluate(self, params: Any, batch: Batch, train: TrainConfig) -> dict[str, float]:
+        params.eval()
+        b = self._batch(batch, params.config.vocab_size)
+        return {k: float(v) for k, v in compute_losses(self._forward(params, b["inputs"]), b, train).items()}
+
+    def init_state(self, params: Any, train: TrainConfig, step: int = 0) -> TorchTrainState:
+        trainable = [p for p in params.parameters() if p.requires_grad]  # all but frozen (LoRA)
+        decay = [p for p in trainable if p.dim() >= 2]  # matrices, embeddings
+        no_decay = [p for p in trainable if p.dim() < 2]  # biases, LayerNorm
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": train.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=train.lr,
+            betas=(train.beta1, train.beta2),
+            eps=train.eps,
+        )
+        for group in optimizer.param_groups:
+            group["initial_lr"] = train.lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: learning_rate(s, train) / train.lr,
+            last_epoch=step - 1,
+        )
+        return TorchTrainState(params, optimizer, scheduler, train, step)
+
+    def train_step(self, state: TorchTrainState, batch: Batch) -> tuple[TorchTrainState, dict[str, float]]:
+        model, train = state.model, state.train
+        model.train()
+        b = self._batch(batch, model.config.vocab_size)
+        lr = state.scheduler.get_last_lr()[0]
+        with self._seeded(train.seed * 1_000_003 + state.step):  # dropout masks
+            losses = compute_losses(self._forward(model, b["inputs"]), b, train)
+            state.optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm)
+        state.optimizer.step()
+        state.scheduler.step()
+        state.step += 1
+        metrics = {k: float(v.detach()) for k, v in losses.items()}
+        metrics |= {"grad_norm": float(grad_norm), "lr": float(lr)}
+        return state, metrics
+
+    def state_params(self, state: TorchTrainState) -> Any:
+        return state.model
+
+    def state_step(self, state: TorchTrainState) -> int:
+        return state.step
+
+    def state_train(self, state: TorchTrainState) -> TrainConfig:
+        return state.train
+
+    def _optimizer_writers(self, state: TorchTrainState) -> dict[str, Callable[[Path], object]]:
+        # the schedule is a function of the step: rebuilt on load, not stored
+        payload = {"optimizer": state.optimizer.state_dict(), "step": state.step}
+        return {self.optimizer_files[0]: lambda tmp: torch.save(payload, tmp)}
+
+    def _restore_optimizer(self, state: TorchTrainState, info: ckpt.CheckpointInfo) -> TorchTrainState:
+        path = ckpt.file_path(info, self.optimizer_files[0])
+        assert path is not None
+        try:
+            payload = torch.load(path, map_location=self.device, weights_only=True)
+            state.optimizer.load_state_dict(payload["optimizer"])
+        except Exception as exc:  # torch raises many kinds on a bad file
+            raise CheckpointError(f"{path}: cannot restore the optimizer ({exc})") from None
+        if payload.get("step") != info.step:
+            raise CheckpointError(
+                f"{path}: optimizer is at step {payload.get('step')} but {ckpt.CONFIG_FILE} says {info.step}"
+            )
+        # the stored groups carry the rate of the stored schedule: the state's own applies
+        for group, lr in zip(state.optimizer.param_groups, state.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+        return state
+
+
+class TorchBackend(TorchTraining, Backend):
+    """PyTorch implementation. ``device`` defaults to CUDA when available, else CPU."""
+
+    name = "torch"
+    optimizer_files = (OPTIMIZER_FILE,)
+
+    def __init__(self, device: str | torch.device | None = None) -> None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
 
     # ----------------------------------------------------------------- parameters
 
@@ -163,80 +261,3 @@ class TorchBackend(Backend):
         pos = self._tensor(check_positions(position, len(token_t), cache.cache_len), torch.long)
         logits, cache = params.decode_step(token_t, cache, pos)
         return logits.float().cpu().numpy(), cache
-
-    # ----------------------------------------------------------------- training
-
-    @torch.no_grad()
-    def evaluate(self, params: GPT, batch: Batch, train: TrainConfig) -> dict[str, float]:
-        params.eval()
-        b = self._batch(batch, params.config.vocab_size)
-        return {k: float(v) for k, v in compute_losses(params(b["inputs"]), b, train).items()}
-
-    def init_state(self, params: GPT, train: TrainConfig, step: int = 0) -> TorchTrainState:
-        decay = [p for p in params.parameters() if p.dim() >= 2]  # matrices, embedding
-        no_decay = [p for p in params.parameters() if p.dim() < 2]  # biases, LayerNorm
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": train.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=train.lr,
-            betas=(train.beta1, train.beta2),
-            eps=train.eps,
-        )
-        for group in optimizer.param_groups:
-            group["initial_lr"] = train.lr
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda s: learning_rate(s, train) / train.lr,
-            last_epoch=step - 1,
-        )
-        return TorchTrainState(params, optimizer, scheduler, train, step)
-
-    def train_step(self, state: TorchTrainState, batch: Batch) -> tuple[TorchTrainState, dict[str, float]]:
-        model, train = state.model, state.train
-        model.train()
-        b = self._batch(batch, model.config.vocab_size)
-        lr = state.scheduler.get_last_lr()[0]
-        with self._seeded(train.seed * 1_000_003 + state.step):  # dropout masks
-            losses = compute_losses(model(b["inputs"]), b, train)
-            state.optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm)
-        state.optimizer.step()
-        state.scheduler.step()
-        state.step += 1
-        metrics = {k: float(v.detach()) for k, v in losses.items()}
-        metrics |= {"grad_norm": float(grad_norm), "lr": float(lr)}
-        return state, metrics
-
-    def state_params(self, state: TorchTrainState) -> GPT:
-        return state.model
-
-    def state_step(self, state: TorchTrainState) -> int:
-        return state.step
-
-    def state_train(self, state: TorchTrainState) -> TrainConfig:
-        return state.train
-
-    def _optimizer_writers(self, state: TorchTrainState) -> dict[str, Callable[[Path], object]]:
-        # the schedule is a function of the step: rebuilt on load, not stored
-        payload = {"optimizer": state.optimizer.state_dict(), "step": state.step}
-        return {OPTIMIZER_FILE: lambda tmp: torch.save(payload, tmp)}
-
-    def _restore_optimizer(self, state: TorchTrainState, info: ckpt.CheckpointInfo) -> TorchTrainState:
-        path = ckpt.file_path(info, OPTIMIZER_FILE)
-        assert path is not None
-        try:
-            payload = torch.load(path, map_location=self.device, weights_only=True)
-            state.optimizer.load_state_dict(payload["optimizer"])
-        except Exception as exc:  # torch raises many kinds on a bad file
-            raise CheckpointError(f"{path}: cannot restore the optimizer ({exc})") from None
-        if payload.get("step") != info.step:
-            raise CheckpointError(
-                f"{path}: optimizer is at step {payload.get('step')} but {ckpt.CONFIG_FILE} says {info.step}"
-            )
-        # the stored groups carry the rate of the stored schedule: the state's own applies
-        for group, lr in zip(state.optimizer.param_groups, state.scheduler.get_last_lr(), strict=True):
-            group["lr"] = lr
-        return state
