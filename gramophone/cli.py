@@ -422,6 +422,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         automaton=automaton,
         workers=args.workers,
     )
+    if not result.main:  # another process of a data-parallel run: the main one reports
+        return EXIT_OK
     if result.model_dir is None:
         print(f"{result.out}: stopped at step {result.step}; --resume continues the run")
         return EXIT_OK
@@ -493,7 +495,11 @@ def _add_train_parser(sub: Any) -> None:
             "from the last checkpoint with the same batches an uninterrupted run would see. The "
             "learning-rate schedule (linear warmup, cosine decay over --steps; a warmup longer than "
             "--steps is shortened, with a note) is fixed when the run starts and recorded in "
-            "DIR/run.json; --resume continues it unchanged; metrics.jsonl has each step's lr."
+            "DIR/run.json; --resume continues it unchanged; metrics.jsonl has each step's lr. "
+            "Data-parallel: torchrun --standalone --nproc_per_node=N -m gramophone train --backend "
+            "torch ... (DistributedDataParallel; each process takes its rows of the same global batch, "
+            "process 0 writes DIR); --backend jax trains on every device JAX sees (jax.distributed "
+            "across hosts when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are set)."
         ),
     )
     p.add_argument(
@@ -604,7 +610,9 @@ def _add_bench_parser(sub: Any) -> None:
     )
     p.add_argument("--quick", action="store_true", help="reduced sizes and repeats (a few minutes)")
     p.add_argument(
-        "--only", metavar="A,B", help="only these sections (grammar, peers, vocab, train, decode, validity, music, context)"
+        "--only",
+        metavar="A,B",
+        help="only these sections (grammar, peers, vocab, train, decode, validity, music, context, infill)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=cmd_bench)

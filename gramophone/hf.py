@@ -109,6 +109,7 @@ from gramophone.backends.torch_backend.backend import TorchTraining, TorchTrainS
 from gramophone.decoding.prompt import prepare_prompt
 from gramophone.decoding.tables import DecodingTables, decoding_tables
 from gramophone.errors import CheckpointError, DecodingError, GramophoneError
+from gramophone.grammar.composer import ComposerConstraints, with_constraints
 from gramophone.kernels import numpy as np_kernels
 from gramophone.kernels import torch as torch_kernels
 
@@ -147,10 +148,12 @@ ADAPTER_DIR = "adapter"  # in an exported LoRA model: peft's adapter folder
 
 # ----------------------------------------------------------------------------- the processor
 
-_TABLES: OrderedDict[tuple[int, int | None], tuple[Any, Automaton, DecodingTables]] = OrderedDict()
+_TABLES: OrderedDict[tuple[int, int | None, Any], tuple[Any, Automaton, DecodingTables]] = OrderedDict()
 
 
-def _grammar_tables(tokenizer: MusicTokenizer, bars: int | None) -> tuple[Automaton, DecodingTables]:
+def _grammar_tables(
+    tokenizer: MusicTokenizer, bars: int | None, constraints: ComposerConstraints | None = None
+) -> tuple[Automaton, DecodingTables]:
     """The grammar and decoding tables of ``tokenizer``, kept for the last few tokenizers, so
     that a processor per ``generate`` call costs nothing (keyed on the tokenizer's model
     vocabulary object, which :func:`~gramophone.tokenizers.model_vocab` keeps per tokenizer;
@@ -159,10 +162,10 @@ def _grammar_tables(tokenizer: MusicTokenizer, bars: int | None) -> tuple[Automa
     from gramophone.tokenizers import model_vocab
 
     learned = model_vocab(tokenizer)
-    key = (id(learned), bars)
+    key = (id(learned), bars, constraints)
     hit = _TABLES.get(key)
     if hit is None:
-        grammar = compile_tokenizer(tokenizer)
+        grammar = with_constraints(compile_tokenizer(tokenizer), constraints)
         hit = _TABLES[key] = (learned, grammar, decoding_tables(grammar, bars, learned=learned))
         while len(_TABLES) > 8:
             _TABLES.popitem(last=False)
@@ -176,8 +179,10 @@ class GrammarLogitsProcessor(LogitsProcessor):
     ``tokenizer``: a miditok tokenizer (any supported scheme, trained or not) or the path of
     its ``tokenizer.json``; ``max_length``: ``generate``'s total length (prompt and padding
     included), within which every row ends complete and valid (None: the grammar's mask
-    alone); ``bars``: exactly that many Bar tokens per piece; ``pad_token_id``: one more id
-    read as left padding (the tokenizer's PAD always is).
+    alone); ``bars``: exactly that many Bar tokens per piece; ``constraints``: composer
+    constraints (:class:`~gramophone.grammar.ComposerConstraints`, e.g.
+    ``ComposerConstraints.parse(key="D:minor")``) composed with the grammar;
+    ``pad_token_id``: one more id read as left padding (the tokenizer's PAD always is).
 
     One instance may serve several ``generate`` calls (states are derived from the rows).
     """
@@ -188,6 +193,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
         max_length: int | None = None,
         *,
         bars: int | None = None,
+        constraints: ComposerConstraints | None = None,
         pad_token_id: int | None = None,
     ) -> None:
         from gramophone.tokenizers import load_tokenizer
@@ -198,7 +204,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
             raise DecodingError(f"max_length must be an int, got {max_length!r}")
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.grammar, self.tables = _grammar_tables(tokenizer, bars)
+        self.grammar, self.tables = _grammar_tables(tokenizer, bars, constraints)
         t = self.tables
         self._pads = np.array(sorted({t.pad} | ({int(pad_token_id)} if pad_token_id is not None else set())))
         # a second id of a special token (Unigram has two) reads as the one the tables use
@@ -728,7 +734,8 @@ class HFBackend(TorchTraining, Backend):
 
     def export_native(self, info: ckpt.CheckpointInfo, dest: Path, meta: Mapping[str, Any]) -> None:
         """``dest``: the model of a training checkpoint as a ``save_pretrained`` folder
-        (``generate``'s BOS/EOS/PAD ids set from the checkpoint's ``tokenizer.json``), the
+        (``generate``'s BOS/EOS/PAD ids set from the checkpoint's ``tokenizer.json``: in
+        ``generation_config.json``, BOS/EOS also in ``config.json``), the
         run's ``meta`` in :data:`META_FILE`; a LoRA model merged (``merge_and_unload``), its
         adapter kept in ``dest/adapter`` (peft's ``adapter_model.safetensors``)."""
         from gramophone.tokenizers import load_tokenizer
@@ -742,8 +749,10 @@ class HFBackend(TorchTraining, Backend):
         if (info.path / TOKENIZER_FILE).is_file():
             ids = _special_ids(load_tokenizer(info.path / TOKENIZER_FILE))
             for key, value in ids.items():
-                setattr(model.config, key, value)
                 setattr(model.generation_config, key, value)
+                # PAD only in generate's config: with it in the model's, transformers warns on
+                # every forward that holds PAD without an attention mask (finished decode rows)
+                setattr(model.config, key, None if key == "pad_token_id" else value)
         with _quiet_transformers():
             model.save_pretrained(dest, safe_serialization=True)
         (dest / META_FILE).write_text(json.dumps(dict(meta), indent=2) + "\n", encoding="utf-8")

@@ -25,13 +25,27 @@ repeats exactly what the uninterrupted run would have done from the checkpoint o
 losing at most the steps since the last checkpoint. ``metrics.jsonl`` is cut back to
 the checkpoint's step on resume.
 
+**More than one process or device.** :meth:`Backend.data_parallel
+<gramophone.backends.Backend.data_parallel>` joins the run (torch: the process group
+``torchrun`` sets up, DistributedDataParallel; JAX: every device, hosts joined by
+``jax.distributed``). The global batch of step ``k`` is still ``train_batch(seed, k)``, what a
+one-process run trains on; process ``p`` of ``P`` builds and feeds its rows ``p::P``, and the
+backend makes the update of the whole batch (the weighted means taken over the global batch),
+so the run matches a one-process run up to float rounding. Process 0 alone writes the run
+folder (``run.json``, metrics, checkpoints, plots, ``model/``, ``eval.json``), prints notes and
+the progress bar, and evaluates (validation and the final evaluation run on it alone, on one
+device); it also builds the corpus first, the others then reading it from the cache. Every
+process resumes from the same checkpoint. ``world_size`` (the number of data-parallel
+replicas: torch processes, JAX devices) is in ``run.json``, each training record and
+``eval.json``.
+
 **Metrics.** Per training step: ``loss`` (the objective), ``nll`` (cross-entropy in nats
 per token, no smoothing), ``structural`` (``-log`` of the mass on allowed tokens),
-``grad_norm``, ``lr``, ``tokens_per_s``. Validation (:func:`evaluate_split`, from the
-logits and the allowed masks of the data, the same code for both backends): ``nll`` per
-target token, ``forbidden_mass`` (mean probability the model puts on tokens the grammar
-forbids), ``nll_masked`` (the NLL after renormalising over the allowed tokens, what
-hard-masked decoding samples from).
+``grad_norm``, ``lr``, ``tokens_per_s`` (of the global batch), ``world_size``. Validation
+(:func:`evaluate_split`, from the logits and the allowed masks of the data, the same code
+for both backends): ``nll`` per target token, ``forbidden_mass`` (mean probability the
+model puts on tokens the grammar forbids), ``nll_masked`` (the NLL after renormalising over
+the allowed tokens, what hard-masked decoding samples from).
 """
 
 from __future__ import annotations
@@ -63,6 +77,7 @@ if TYPE_CHECKING:
     from miditok import MusicTokenizer
 
     from gramophone.backends import Backend
+    from gramophone.backends.base import DataParallel
     from gramophone.grammar import Automaton
 
 __all__ = [
@@ -513,6 +528,8 @@ class TrainResult:
     model_dir: Path | None
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
     last_train: dict[str, float] = field(default_factory=dict)
+    world_size: int = 1  # data-parallel replicas
+    main: bool = True  # False on the other processes of a data-parallel run (they write nothing)
 
 
 def _check_resume_config(given: RunConfig | None, stored: RunConfig, steps: int | None) -> None:
@@ -588,9 +605,11 @@ def _resume_start(
     steps: int | None,
     reschedule: bool,
     fits: Callable[[Any, Path], None],
+    main: bool = True,
 ) -> _Start:
     """The state of the run in ``run_dir`` at its last checkpoint (``fits(info, path)``
-    checks the checkpoint against the tokenizer and grammar)."""
+    checks the checkpoint against the tokenizer and grammar); ``main``: this process cuts
+    ``metrics.jsonl`` back to it."""
     from gramophone.backends import checkpoint as ckpt
 
     existing = latest_checkpoint(run_dir)
@@ -613,7 +632,8 @@ def _resume_start(
     run, notes = _resumed_run(stored, run_dir, info.step, steps, reschedule)
     state = be.load_state(existing, run.train)
     records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= info.step and not r.get("final")]
-    _rewrite_metrics(run_dir, records)
+    if main:
+        _rewrite_metrics(run_dir, records)
     return _Start(run, state, info.step, records, existing, notes)
 
 
@@ -652,34 +672,45 @@ def _fresh_start(
 
 class _RunFolder:
     """The run folder while training: ``run.json``, ``metrics.jsonl`` (appended), the
-    checkpoints (each written whole, ``LATEST`` naming the newest, old ones pruned)."""
+    checkpoints (each written whole, ``LATEST`` naming the newest, old ones pruned).
+    ``writes``: False on the processes of a data-parallel run but the main one, where
+    nothing here touches the disk."""
 
-    def __init__(self, run_dir: Path, be: Backend, start: _Start, tokenizer: MusicTokenizer) -> None:
+    def __init__(
+        self, run_dir: Path, be: Backend, start: _Start, tokenizer: MusicTokenizer, replicas: DataParallel
+    ) -> None:
         self.path, self.be, self.tokenizer = run_dir, be, tokenizer
         self.records = start.records
         self.elapsed0 = float(self.records[-1].get("time", 0.0)) if self.records else 0.0
         self.t0 = time.perf_counter()
+        self.world_size, self.writes = replicas.world_size, replicas.main
 
     def open(self, run: RunConfig, *, new: bool) -> None:
         """Create the folder (a new run) and write ``run.json``; one-line errors."""
+        if not self.writes:
+            return
         try:
             if new:
                 self.path.mkdir(parents=True, exist_ok=True)
                 _rewrite_metrics(self.path, self.records)
-            atomic_write(
-                self.path / RUN_FILE, json.dumps({"backend": self.be.name, **run.to_dict()}, indent=2) + "\n"
-            )
+            record = {"backend": self.be.name, "world_size": self.world_size, **run.to_dict()}
+            atomic_write(self.path / RUN_FILE, json.dumps(record, indent=2) + "\n")
         except OSError as exc:  # named by the file in the way (os.replace's target), else the folder
             where = exc.filename2 or (self.path if self.path.exists() else None) or exc.filename
             raise TrainingError(f"{where}: cannot write the run folder ({exc.strerror})") from None
 
     def log(self, record: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         record["time"] = round(self.elapsed0 + time.perf_counter() - self.t0, 3)
         with open(self.path / METRICS_FILE, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         self.records.append(record)
 
     def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> Path:
+        if not self.writes:  # the main process writes it
+            return _step_dir(self.path, step)
+
         def fill(tmp: Path) -> None:
             self.be.save_state(tmp, state, meta=meta)
             self.tokenizer.save(tmp / TOKENIZER_FILE)
@@ -727,6 +758,10 @@ def train(
     subset of ``val_windows`` windows, all when ``None``) every ``eval_every`` (default:
     ``checkpoint_every``). At the end: ``model/`` (parameters only), and with
     ``final_eval`` the full validation and test NLL in ``eval.json``.
+
+    Under ``torchrun`` (torch) or with several JAX devices the run is data-parallel (see the
+    module notes): every process calls this with the same arguments, and only the main one
+    writes; the others return a :class:`TrainResult` with ``main`` False.
     """
     from gramophone.backends import get_backend
     from gramophone.models import check_compatible, checkpoint_meta
@@ -740,23 +775,36 @@ def train(
         raise TrainingError(f"{run_dir}: not a folder (--out names the run folder)")
     tok = tokenizer if tokenizer is not None else load_tokenizer()
     grammar = automaton if automaton is not None else model_automaton(tok)
+    replicas = be.data_parallel()  # before any state: DDP wraps the module, JAX places it
+    notes = (on_note or _note) if replicas.main else (lambda message: None)
+    progress = progress and replicas.main
     if resume:
         fits = lambda info, path: check_compatible(info.meta, info.model.vocab_size, tok, grammar, where=path)  # noqa: E731
-        start = _resume_start(be, run_dir, config=config, steps=steps, reschedule=reschedule, fits=fits)
+        start = _resume_start(
+            be, run_dir, config=config, steps=steps, reschedule=reschedule, fits=fits, main=replicas.main
+        )
     else:
         start = _fresh_start(
             be, run_dir, config=config, steps=steps, reschedule=reschedule, vocab_size=len(grammar.vocab)
         )
+    if start.run.train.batch_size < replicas.processes:
+        raise TrainingError(
+            f"train.batch_size ({start.run.train.batch_size}) is smaller than the number of "
+            f"processes ({replicas.processes}): each process needs a row of the batch"
+        )
     for note in start.notes:
-        (on_note or _note)(note)
+        notes(note)
     # The data before the run folder: a corpus that cannot be built leaves nothing behind.
-    if dataset is None:
-        notes = on_note or _note
+    if dataset is None:  # built by the main process; the others read it from the cache after
+        if not replicas.main:
+            replicas.barrier()
         dataset = load_data(tok, grammar, start.run.data, workers=workers, progress=progress, on_note=notes)
+        if replicas.main:
+            replicas.barrier()
     data = dataset
     if data.automaton_hash != grammar.hash or tuple(data.vocab) != tuple(grammar.vocab):
         raise TrainingError("the dataset was built for another tokenizer or grammar")
-    folder = _RunFolder(run_dir, be, start, tok)
+    folder = _RunFolder(run_dir, be, start, tok, replicas)
     folder.open(start.run, new=not resume)
     meta = checkpoint_meta(
         tok, grammar, data=start.run.data.to_dict(), corpus=data.corpus, source=start.run.source
@@ -773,17 +821,24 @@ def train(
         eval_every=eval_every or checkpoint_every,
         val_windows=val_windows,
         progress=progress,
+        rows=replicas.rows() if replicas.processes > 1 else None,
     )
     step_reached = max(start.step, end)
+    world = replicas.world_size
+    if not replicas.main:  # the main process saves, evaluates and exports; wait for it
+        replicas.close()
+        return TrainResult(run_dir, step_reached, None, None, {}, last, world, main=False)
     if step_reached < tc.total_steps:  # stopped early on purpose: no export
-        return TrainResult(run_dir, step_reached, last_ckpt, None, {}, last)
+        replicas.close()
+        return TrainResult(run_dir, step_reached, last_ckpt, None, {}, last, world)
     if last_ckpt is None or be.state_step(state) != step_reached:
         last_ckpt = folder.save(step_reached, state, meta)
     evaluation = _final_evaluation(folder, state, data, start.run, step_reached) if final_eval else {}
     extra = {"evaluation": evaluation} if evaluation else None
     model_dir = export_model(last_ckpt, run_dir / MODEL_DIR, extra_meta=extra)
     plot_metrics(run_dir)
-    return TrainResult(run_dir, step_reached, last_ckpt, model_dir, evaluation, last)
+    replicas.close()
+    return TrainResult(run_dir, step_reached, last_ckpt, model_dir, evaluation, last, world)
 
 
 def _train_loop(
@@ -797,10 +852,12 @@ def _train_loop(
     eval_every: int,
     val_windows: int | None,
     progress: bool,
+    rows: slice | None = None,
 ) -> tuple[Any, dict[str, float], Path | None]:
     """Updates ``start.step + 1 .. end``: log each, validate every ``eval_every``,
     checkpoint every ``checkpoint_every`` and at ``end``. Returns the state, the last
-    update's metrics and the last checkpoint."""
+    update's metrics and the last checkpoint. ``rows``: this process's rows of each batch
+    (a data-parallel run; the main process alone logs, validates and checkpoints)."""
     be, tc, state = folder.be, start.run.train, start.state
     split, val = data["train"], data["validation"]
     eval_batch = max(1, EVAL_TOKENS // tc.seq_len)
@@ -820,9 +877,11 @@ def _train_loop(
     with bar:
         for step in range(start.step, end):
             ts = time.perf_counter()
-            batch = train_batch(split, tc.seq_len, tc.batch_size, tc.seed, step)
+            own = rows if fim is None else None  # FIM draws over the whole batch: made whole first
+            batch = train_batch(split, tc.seq_len, tc.batch_size, tc.seed, step, rows=own)
             if fim is not None:
                 batch = fim_batch(batch, tc.fim_rate, tc.seed, step, fim)
+                batch = batch if rows is None else {k: v[rows] for k, v in batch.items()}
             state, metrics = be.train_step(state, batch)
             dt = time.perf_counter() - ts
             done = step + 1
@@ -833,12 +892,13 @@ def _train_loop(
                     "split": "train",
                     **last,
                     "tokens_per_s": round(tc.batch_size * tc.seq_len / dt, 1),
+                    "world_size": folder.world_size,
                 }
             )
             ema = last["loss"] if ema is None else 0.9 * ema + 0.1 * last["loss"]
             bar.update(1)
             postfix = {"loss": f"{ema:.3f}"}
-            if done % eval_every == 0 or done == end:
+            if folder.writes and (done % eval_every == 0 or done == end):
                 params = be.state_params(state)
                 v = evaluate_split(
                     be, params, val, tc.seq_len, batch_size=eval_batch, max_windows=val_windows
@@ -865,7 +925,8 @@ def _final_evaluation(
             be, params, data[name], seq_len, batch_size=max(1, EVAL_TOKENS // seq_len)
         )
         folder.log({"step": step, "split": name, "final": True, **evaluation[name]})
-    report = {"step": step, "backend": be.name, "source": run.source, **evaluation}
+    report = {"step": step, "backend": be.name, "world_size": folder.world_size, "source": run.source}
+    report |= evaluation
     report["train_time_s"] = folder.records[-1]["time"] if folder.records else 0.0
     atomic_write(folder.path / EVAL_FILE, json.dumps(report, indent=2) + "\n")
     return evaluation

@@ -307,6 +307,37 @@ def test_greedy_generate_is_the_decode_loop_token_for_token(which: str) -> None:
         assert_piece(which, ours)
 
 
+@pytest.mark.parametrize("which", VOCABS)
+def test_composer_constraints_hold_under_generate(which: str) -> None:
+    """``constraints=`` composes the composer's automata with the grammar: every pitch
+    sampled is in D minor (natural, harmonic and melodic: 9 pitch classes) and in 50..80,
+    by a plain reading of the token names, and every row is a valid piece."""
+    from gramophone.grammar import ComposerConstraints
+
+    constraints = ComposerConstraints.parse(key="D:minor", pitch_range="50:80")
+    proc = GrammarLogitsProcessor(tokenizer(which), 96, constraints=constraints)
+    model = tiny_model("gpt2", proc.tables.vocab_size, 2, 8.0)
+    torch.manual_seed(0)
+    out = model.generate(
+        torch.tensor([[proc.bos_token_id]]),
+        logits_processor=LogitsProcessorList([proc]),
+        do_sample=True,
+        num_return_sequences=6,
+        **proc.generate_kwargs(),
+    )
+    d_minor = {2, 4, 5, 7, 9, 10, 11, 0, 1}
+    learned = model_vocab(tokenizer(which))
+    pitches = 0
+    for row in proc.pieces(out):
+        assert_piece(which, row)
+        for name in (learned.base[b] for b in learned.expand(row)[0]):
+            if name.startswith("Pitch_"):
+                pitch = int(name[len("Pitch_") :])
+                assert pitch % 12 in d_minor and 50 <= pitch <= 80, name
+                pitches += 1
+    assert pitches > 0
+
+
 # ----------------------------------------------------------------------------- the processor's states
 
 

@@ -10,6 +10,7 @@ the adapters, its merged model has the peft model's logits, and decoding it need
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import subprocess
@@ -111,8 +112,10 @@ def test_train_gpt2_then_decode_its_model(
     assert (config["n_embd"], config["n_layer"], config["n_head"], config["n_inner"]) == (32, 2, 2, 64)
     assert (config["n_positions"], config["vocab_size"], config["resid_pdrop"]) == (64, 229, 0.1)
     tok = tokenizer_for("shipped")
-    ids = (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"])
+    generation = json.loads((model / "generation_config.json").read_text())
+    ids = (generation["bos_token_id"], generation["eos_token_id"], generation["pad_token_id"])
     assert ids == (tok["BOS_None"], tok["EOS_None"], tok["PAD_None"])
+    assert (config["bos_token_id"], config["eos_token_id"]) == ids[:2] and config.get("pad_token_id") is None
     meta = json.loads((model / "gramophone.json").read_text())
     assert meta["automaton_hash"] == automaton_for("shipped").hash and "evaluation" in meta
     train_rows = [r for r in read_metrics(base_run) if r["split"] == "train"]
@@ -284,6 +287,24 @@ def test_lora_trains_only_the_adapters(base_run: Path, lora_run: Path) -> None:
     )
 
 
+def test_a_lora_run_resumes_exactly(base_run: Path, tiny_config: Path, tmp_path: Path) -> None:
+    """Stopped and resumed (the peft model rebuilt from the checkpoint, with a backend that
+    knows nothing of --init or --lora), a LoRA run ends where an uninterrupted one does."""
+    run = resolve_config(229, config_file=tiny_config, steps=4)
+    run = dataclasses.replace(run, model=HFBackend().load(base_run / "model").model)
+    common: dict[str, Any] = {"config": run, "checkpoint_every": 2, "final_eval": False, **QUIET}
+    common["dataset"] = dataset()
+    lora = {"init": base_run / "model", "lora": "r=4,dropout=0.1"}
+    train(tmp_path / "full", backend=HFBackend(**lora), **common)
+    train(tmp_path / "part", backend=HFBackend(**lora), stop_after=2, **common)
+    del common["config"]
+    train(tmp_path / "part", backend="hf", resume=True, **common)
+    for name in ("model.safetensors", "adapter/adapter_model.safetensors"):
+        a, b = (load_file(str(tmp_path / r / "model" / name)) for r in ("full", "part"))
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name
+    assert _train_rows(tmp_path / "full") == _train_rows(tmp_path / "part")
+
+
 def test_merged_model_has_the_peft_models_logits(base_run: Path, lora_run: Path) -> None:
     be = HFBackend(device="cpu")
     peft_model = be._model_of(ckpt.read_info(lora_run / "checkpoints" / "step-000003"))
@@ -338,3 +359,35 @@ def test_errors_are_one_line(
         code, _, err = cli([*train_args, *args, "--out", str(tmp_path / "run")], capsys)
         assert code == 2 and message in err and err.count("\n") == 1, (args, err)
     assert LoraSpec.parse("alpha=32,targets=c_attn") == LoraSpec(alpha=32.0, target_modules=("c_attn",))
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def test_validity_rows_of_an_hf_model(base_run: Path) -> None:
+    from gramophone.bench import validity_table
+
+    records, streams = validity_table.run_models({"tiny": ("hf", base_run / "model")}, n=3, budget=64)
+    rows = {r["sampling"]: r for r in records if r["benchmark"] == "validity"}
+    assert rows.keys() == {"free", "masked"} and rows["masked"]["n"] == rows["free"]["n"] == 3
+    assert rows["masked"]["value"] == 1.0  # under the grammar every piece is valid
+    assert rows["masked"]["training"] == "tiny" and rows["masked"]["validation_nll"] > 0
+    assert 0 < rows["masked"]["mask_removed_mass"] < 1
+    assert len(streams["tiny"]["masked"]) == 3
+
+
+def test_the_minor_subset(tmp_path: Path) -> None:
+    from symusic import Score
+
+    from gramophone.bench.style import chorale_modes, minor_share, write_subset
+    from gramophone.data import chorale_names, split_names
+
+    links = write_subset(tmp_path / "minor", "minor", ["train"])
+    train = set(split_names(chorale_names())["train"])
+    modes = chorale_modes(train)
+    assert len(links) == sum(m == "minor" for m in modes.values()) > 100
+    assert all(link.is_symlink() and link.resolve().is_file() for link in links)
+    assert {link.stem for link in links} == {n.split("/")[-1] for n, m in modes.items() if m == "minor"}
+    assert len(write_subset(tmp_path / "minor", "minor", ["train"])) == len(links)  # again: replaced
+    share, pieces = minor_share(Score(str(link)) for link in links[:40])
+    assert pieces == 40 and share > 0.75  # the key finder agrees with the key signatures

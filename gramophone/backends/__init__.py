@@ -1,5 +1,5 @@
 """Model backends: one Transformer, in PyTorch and in JAX/Flax, one checkpoint format;
-and ``hf``, HuggingFace transformers models (:mod:`gramophone.hf`, decoding only for now).
+and ``hf``, HuggingFace transformers models (:mod:`gramophone.hf`), decoded and trained.
 
 Importing this package imports neither framework; :func:`get_backend` imports the one
 asked for.
@@ -68,7 +68,8 @@ _REGISTRY: dict[str, _Entry] = {
         "jax",
         "gramophone.decoding.jax_loop",
     ),
-    # HuggingFace transformers models (save_pretrained folders); decodes with the torch loop
+    # HuggingFace transformers models (save_pretrained folders); decodes with the torch loop,
+    # trains with the torch backend's training half
     "hf": _Entry(
         "gramophone.hf",
         "HFBackend",

@@ -20,6 +20,12 @@ next call (the torch backend updates it in place, the JAX backend returns a new 
 
 A third backend subclasses :class:`Backend`, implements the abstract methods, and is
 registered with :func:`gramophone.backends.register_backend`.
+
+**Data parallelism.** Training asks the backend once, before it makes a state, how this
+process takes part in a data-parallel run (:meth:`Backend.data_parallel`, a
+:class:`DataParallel`): the torch backend joins the process group ``torchrun`` describes
+(DistributedDataParallel), the JAX backend shards the batch over every device
+(``jax.distributed`` across hosts). A backend that does neither trains in one process.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ __all__ = [
     "Backend",
     "Batch",
     "Checkpoint",
+    "DataParallel",
     "check_ids",
     "check_positions",
     "init_weights",
@@ -125,6 +132,39 @@ class Checkpoint:
     path: Path | None = None
 
 
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """How this process takes part in data-parallel training (:meth:`Backend.data_parallel`).
+
+    The global batch of a step is what a one-process run of the same config trains on
+    (:func:`~gramophone.data.dataset.train_batch`); ``processes`` processes each feed the
+    rows :meth:`rows` of it, and ``world_size`` replicas (torch: the processes; JAX: the
+    devices of every process) compute one update from the whole of it. Process 0 (``main``)
+    alone writes the run folder. ``barrier()`` waits for every process (no time limit: the
+    main process may be building the corpus); ``close()`` ends the run's group (a barrier
+    first), once training is over.
+    """
+
+    world_size: int = 1
+    processes: int = 1
+    process: int = 0
+    barrier: Callable[[], None] = field(default=_nothing, compare=False, repr=False)
+    close: Callable[[], None] = field(default=_nothing, compare=False, repr=False)
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run folder (checkpoints, metrics, the model)."""
+        return self.process == 0
+
+    def rows(self) -> slice:
+        """The rows of the global batch this process feeds: ``process::processes``."""
+        return slice(self.process, None, self.processes)
+
+
 class Backend(ABC):
     """One framework's implementation of the gramophone Transformer."""
 
@@ -179,6 +219,12 @@ class Backend(ABC):
 
     # ----------------------------------------------------------------- training
 
+    def data_parallel(self) -> DataParallel:
+        """Join the data-parallel run this process belongs to, if any, and say how it takes
+        part; training calls it once, before :meth:`init_state` or :meth:`load_state`, and
+        the states made after it train data-parallel. Default: one process, one replica."""
+        return DataParallel()
+
     @abstractmethod
     def evaluate(self, params: Params, batch: Batch, train: TrainConfig) -> dict[str, float]:
         """Batch losses without dropout or update: ``loss`` (objective of ``train.loss``),
@@ -192,7 +238,9 @@ class Backend(ABC):
     def train_step(self, state: State, batch: Batch) -> tuple[State, dict[str, float]]:
         """One update. Metrics: ``loss``, ``nll``, ``structural`` (if ``allowed``),
         ``grad_norm`` (before clipping), ``lr`` (used by this update).
-        Use the returned state (the old one may have been updated in place or donated)."""
+        Use the returned state (the old one may have been updated in place or donated).
+        A state made after :meth:`data_parallel` takes this process's rows of the global
+        batch (:meth:`DataParallel.rows`), and the update and metrics are the global batch's."""
 
     @abstractmethod
     def state_params(self, state: State) -> Params:

@@ -131,13 +131,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         data = load_dataset(loaded.tokenizer, progress=False)
         vocab = data.vocab
         cases = holes(data["test"], vocab, loaded.config.max_len, count)
-        fim = loaded.train is not None and loaded.train.fim_rate > 0
+        rate = loaded.train.fim_rate if loaded.train is not None else 0.0
+        fim = rate > 0
         got = infill_nll(loaded.backend, loaded.params, cases, list(vocab).index("EOS_None"), fim)
-        extra = {
-            "holes": len(cases),
-            "tokens": int(got["tokens"]),
-            "fim_rate": 0.0 if not fim else loaded.train.fim_rate,
-        }  # type: ignore[union-attr]
+        extra = {"holes": len(cases), "tokens": int(got["tokens"]), "fim_rate": rate}
         records.append(record(BENCH, name, "prefix_nll", got["prefix_nll"], "nats/token", **extra))
         if fim:
             records.append(record(BENCH, name, "both_sides_nll", got["both_nll"], "nats/token", **extra))

@@ -358,13 +358,15 @@ class Dataset:
 
 
 def train_batch(
-    split: TokenSplit, seq_len: int, batch_size: int, seed: int, step: int
+    split: TokenSplit, seq_len: int, batch_size: int, seed: int, step: int, *, rows: slice | None = None
 ) -> dict[str, np.ndarray]:
     """Training batch number ``step``: windows drawn uniformly (with replacement) from
-    :meth:`TokenSplit.windows` by a generator seeded with ``(seed, step)`` alone."""
+    :meth:`TokenSplit.windows` by a generator seeded with ``(seed, step)`` alone. ``rows``:
+    only those rows of it (a data-parallel process's share; the others are not built)."""
     windows = split.windows(seq_len)
     rng = np.random.Generator(np.random.PCG64([seed, step]))
-    return split.batch(windows[rng.integers(0, len(windows), size=batch_size)], seq_len)
+    starts = windows[rng.integers(0, len(windows), size=batch_size)]
+    return split.batch(starts if rows is None else starts[rows], seq_len)
 
 
 # ---------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def fim_tokens(vocab: Sequence[str]) -> FimTokens:
 
 
 def _rewrite(
-    x: np.ndarray, rows: np.ndarray, n: int, cut: tuple[int, int], tok: FimTokens, pad_row: np.ndarray
+    x: np.ndarray, rows: np.ndarray, n: int, cut: tuple[int, int], tok: FimTokens
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """One window ``x`` (``n`` valid tokens of ``T + 1``) with allowed rows ``rows``
     (``rows[t]``: the row of target ``x[t + 1]``) rewritten around ``cut = (a, c)``:
@@ -64,6 +64,7 @@ def _rewrite(
     when the rewritten window would not fit."""
     a, c = cut
     T1 = len(x)
+    pad_row = np.zeros(rows.shape[1:], dtype=bool)
     has_bos = x[0] == tok.bos
     suffix = np.arange(c, n)
     if n and x[n - 1] == tok.eos:
@@ -122,12 +123,8 @@ def fim_batch(
         if len(bars) < 2:
             continue
         i, k = sorted(rng.choice(len(bars), size=2, replace=False))
-        if allowed is None:
-            rows = np.zeros((T, 1), dtype=bool)
-        else:
-            rows = allowed[r]
-        pad_row = np.zeros(rows.shape[1:], dtype=bool)
-        got = _rewrite(x, rows, n, (int(bars[i]), int(bars[k])), tok, pad_row)
+        rows = np.zeros((T, 1), dtype=bool) if allowed is None else allowed[r]
+        got = _rewrite(x, rows, n, (int(bars[i]), int(bars[k])), tok)
         if got is None:
             continue
         y, new_rows, w = got

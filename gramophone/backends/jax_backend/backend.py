@@ -10,6 +10,10 @@ Optimiser: ``optax.chain(clip_by_global_norm, scale_by_adam, add_decayed_weights
 by ``-lr(step)`` — the composition ``optax.adamw`` is made of, with the learning rate read
 from the state's own step counter so that a resumed run (fresh or restored optimizer) follows
 the same schedule as the torch backend. Weight decay applies to matrices and embeddings only.
+
+Training on several devices (:meth:`JaxBackend.data_parallel`, :mod:`.sharding`): the state
+is replicated over a one-axis mesh of every device, the batch's rows are split over it, and
+the same :func:`train_step` is jitted for that placement (its outputs kept replicated).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from gramophone.backends import checkpoint as ckpt
-from gramophone.backends.base import Backend, Batch, check_ids, check_positions
+from gramophone.backends.base import Backend, Batch, DataParallel, check_ids, check_positions
 from gramophone.backends.config import ModelConfig, TrainConfig
 from gramophone.backends.jax_backend.model import (
     GPT,
@@ -208,6 +212,15 @@ def train_step(state: JaxTrainState, batch: Mapping[str, Array]) -> tuple[JaxTra
     return new_state, {**losses, "grad_norm": optax.tree.norm(grads), "lr": lr}
 
 
+@functools.cache
+def _replicated_train_step(mesh: jax.sharding.Mesh) -> Callable[..., tuple[JaxTrainState, dict[str, Array]]]:
+    """:func:`train_step` jitted for a state replicated on ``mesh`` and a batch split over it
+    (its outputs replicated: the state stays where it was)."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    step = cast(Any, train_step).__wrapped__  # the Python function under jit
+    return jax.jit(step, donate_argnames=("state",), out_shardings=replicated)
+
+
 # ------------------------------------------------------------------ the backend
 
 
@@ -220,6 +233,7 @@ class JaxBackend(Backend):
 
     name = "jax"
     optimizer_files = (OPTIMIZER_FILE,)
+    _mesh: jax.sharding.Mesh | None = None  # every device, after data_parallel()
 
     def _batch(self, batch: Batch, vocab_size: int) -> dict[str, Array]:
         out = {
@@ -277,25 +291,60 @@ class JaxBackend(Backend):
 
     # ----------------------------------------------------------------- training
 
+    def data_parallel(self) -> DataParallel:
+        """Join a multi-host run (``jax.distributed``) when the environment describes one, and
+        with several devices in all train on every one of them (:mod:`.sharding`)."""
+        from gramophone.backends.jax_backend.sharding import join
+
+        replicas, self._mesh = join()
+        return replicas
+
     def evaluate(self, params: JaxParams, batch: Batch, train: TrainConfig) -> dict[str, float]:
         return _floats(evaluate(params, self._batch(batch, params.config.vocab_size), train))
 
     def init_state(self, params: JaxParams, train: TrainConfig, step: int = 0) -> JaxTrainState:
         # copy: train_step donates the state, the caller keeps its params
         tree = jax.tree.map(jnp.array, params.tree)
-        return JaxTrainState(
+        state = JaxTrainState(
             jnp.asarray(step, jnp.int32),
             dataclasses.replace(params, tree=tree),
             make_optimizer(train).init(tree),
             train,
         )
+        return self._placed(state)
+
+    def _placed(self, state: JaxTrainState) -> JaxTrainState:
+        """``state`` replicated on every device after :meth:`data_parallel` (else as it is)."""
+        if self._mesh is None:
+            return state
+        from gramophone.backends.jax_backend.sharding import replicate
+
+        return cast(JaxTrainState, replicate(state, self._mesh))
 
     def train_step(self, state: JaxTrainState, batch: Batch) -> tuple[JaxTrainState, dict[str, float]]:
-        batch_j = self._batch(batch, state.params.config.vocab_size)
-        state, metrics = train_step(state, batch_j)
+        if self._mesh is None:
+            batch_j = self._batch(batch, state.params.config.vocab_size)
+            state, metrics = train_step(state, batch_j)
+            return state, _floats(metrics)
+        from gramophone.backends.jax_backend.sharding import shard_rows
+
+        V = state.params.config.vocab_size
+        host = {
+            "inputs": check_ids(batch["inputs"], V, "inputs"),
+            "targets": check_ids(batch["targets"], V, "targets"),
+            "weights": np.asarray(batch["weights"], np.float32),
+        }
+        if batch.get("allowed") is not None:
+            host["allowed"] = np.asarray(batch["allowed"], bool)
+        sharded = shard_rows(host, self._mesh, state.train.batch_size)
+        state, metrics = _replicated_train_step(self._mesh)(state, sharded)
         return state, _floats(metrics)
 
     def state_params(self, state: JaxTrainState) -> JaxParams:
+        if self._mesh is not None:  # evaluation and checkpoints: one device's copy
+            from gramophone.backends.jax_backend.sharding import local_copy
+
+            return cast(JaxParams, local_copy(state.params))
         return state.params
 
     def state_step(self, state: JaxTrainState) -> int:
@@ -305,7 +354,12 @@ class JaxBackend(Backend):
         return state.train
 
     def _optimizer_writers(self, state: JaxTrainState) -> dict[str, Callable[[Path], object]]:
-        leaves = jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+        opt_state = state.opt_state
+        if self._mesh is not None:
+            from gramophone.backends.jax_backend.sharding import local_copy
+
+            opt_state = local_copy(opt_state)
+        leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
         arrays = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
         metadata = {"step": str(int(state.step))}
         return {OPTIMIZER_FILE: lambda tmp: save_file(arrays, str(tmp), metadata=metadata)}
@@ -333,5 +387,10 @@ class JaxBackend(Backend):
                 raise CheckpointError(
                     f"{path}: optimizer entry {key} is {found}, expected {leaf.dtype}{list(leaf.shape)}"
                 )
-            leaves.append(jnp.asarray(arr))
-        return dataclasses.replace(state, opt_state=jax.tree_util.tree_unflatten(treedef, leaves))
+            leaves.append(arr)
+        opt_state = jax.tree_util.tree_unflatten(treedef, leaves)
+        if self._mesh is not None:
+            from gramophone.backends.jax_backend.sharding import replicate
+
+            return dataclasses.replace(state, opt_state=replicate(opt_state, self._mesh))
+        return dataclasses.replace(state, opt_state=jax.tree.map(jnp.asarray, opt_state))

@@ -9,7 +9,9 @@ reproducible and resumable without touching torch's global random state.
 That training half is :class:`TorchTraining`, a mixin over any ``nn.Module`` that maps
 ``inputs`` to logits (:meth:`TorchTraining._forward`); the ``hf`` backend
 (:mod:`gramophone.hf`) trains transformers models with it. Only parameters that require
-gradients are optimised (a LoRA fine-tune freezes the rest).
+gradients are optimised (a LoRA fine-tune freezes the rest). Under ``torchrun`` it trains
+with ``DistributedDataParallel`` (:mod:`~gramophone.backends.torch_backend.distributed`):
+each rank takes its rows of the global batch, and the update is the global batch's.
 
 For decoding loops that stay on the device (no host sync per step) use the module's own
 ``GPT.prefill`` / ``GPT.decode_step`` on tensors; the methods here convert to numpy.
@@ -29,7 +31,7 @@ import torch.nn.functional as F  # noqa: N812 (the usual torch spelling)
 from torch import Tensor
 
 from gramophone.backends import checkpoint as ckpt
-from gramophone.backends.base import Backend, Batch, check_ids, check_positions
+from gramophone.backends.base import Backend, Batch, DataParallel, check_ids, check_positions
 from gramophone.backends.config import ModelConfig, TrainConfig, learning_rate
 from gramophone.backends.torch_backend.model import GPT, KVCache
 from gramophone.errors import CheckpointError
@@ -41,22 +43,28 @@ OPTIMIZER_FILE = "optimizer-torch.pt"
 
 @dataclass
 class TorchTrainState:
-    """Mutable training state: the module, its optimizer and schedule, the update count."""
+    """Mutable training state: the module, its optimizer and schedule, the update count;
+    ``ddp``: the module wrapped in ``DistributedDataParallel`` (under ``torchrun``)."""
 
     model: Any  # GPT, or a transformers model (the hf backend)
     optimizer: torch.optim.AdamW
     scheduler: torch.optim.lr_scheduler.LambdaLR
     train: TrainConfig
     step: int = 0
+    ddp: Any = None
 
 
-def compute_losses(logits: Tensor, batch: Mapping[str, Tensor], train: TrainConfig) -> dict[str, Tensor]:
+def compute_losses(
+    logits: Tensor, batch: Mapping[str, Tensor], train: TrainConfig, denom: Tensor | None = None
+) -> dict[str, Tensor]:
     """Weighted-mean losses (scalars) of ``logits`` (B, T, V) against ``batch``; the same
-    formulas as :mod:`gramophone.backends.losses_ref`."""
+    formulas as :mod:`gramophone.backends.losses_ref`. ``denom``: the weight total to divide
+    by (default: the batch's); a data-parallel rank passes the global batch's, so that its
+    losses are its shares of the global means."""
     targets, weights = batch["targets"].long(), batch["weights"].float()
     allowed = batch.get("allowed")
     eps = train.label_smoothing
-    denom = weights.sum().clamp_min(1e-8)
+    denom = (weights.sum() if denom is None else denom).clamp_min(1e-8)
 
     def mean(x: Tensor) -> Tensor:
         return (x * weights).sum() / denom
@@ -93,6 +101,7 @@ class TorchTraining:
 
     device: torch.device
     optimizer_files: ClassVar[tuple[str, ...]] = (OPTIMIZER_FILE,)
+    _replicas: DataParallel = DataParallel()  # what data_parallel() joined
 
     def _forward(self, model: Any, inputs: Tensor) -> Tensor:
         """Logits ``(B, T, V)`` of ``inputs`` ``(B, T)`` (train or eval mode as set)."""
@@ -131,6 +140,14 @@ class TorchTraining:
 
     # ----------------------------------------------------------------- training
 
+    def data_parallel(self) -> DataParallel:
+        """Join the process group ``torchrun`` describes (gloo on the CPU, NCCL on GPUs, this
+        process on ``cuda:LOCAL_RANK``); states made afterwards train with DDP."""
+        from gramophone.backends.torch_backend.distributed import join
+
+        self._replicas, self.device = join(self.device)
+        return self._replicas
+
     @torch.no_grad()
     def evaluate(self, params: Any, batch: Batch, train: TrainConfig) -> dict[str, float]:
         params.eval()
@@ -157,21 +174,42 @@ class TorchTraining:
             lambda s: learning_rate(s, train) / train.lr,
             last_epoch=step - 1,
         )
-        return TorchTrainState(params, optimizer, scheduler, train, step)
+        ddp = None
+        if self._replicas.world_size > 1:  # buffers are constants: not synchronised each step
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device] if self.device.type == "cuda" else None
+            ddp = DistributedDataParallel(params, device_ids=ids, forward_sync_buffers=False)
+        return TorchTrainState(params, optimizer, scheduler, train, step, ddp)
 
     def train_step(self, state: TorchTrainState, batch: Batch) -> tuple[TorchTrainState, dict[str, float]]:
         model, train = state.model, state.train
-        model.train()
+        net = model if state.ddp is None else state.ddp
+        net.train()
         b = self._batch(batch, model.config.vocab_size)
         lr = state.scheduler.get_last_lr()[0]
-        with self._seeded(train.seed * 1_000_003 + state.step):  # dropout masks
-            losses = compute_losses(self._forward(model, b["inputs"]), b, train)
+        rank = self._replicas.process  # 0 alone: the masks of a one-process run
+        with self._seeded(train.seed * 1_000_003 + state.step + (rank << 40)):  # dropout masks
+            logits = self._forward(net, b["inputs"])
+            if state.ddp is None:
+                losses = compute_losses(logits, b, train)
+                objective = losses["loss"]
+            else:  # this rank's share of the global means; DDP averages gradients over ranks
+                from gramophone.backends.torch_backend.distributed import all_sum
+
+                losses = compute_losses(logits, b, train, denom=all_sum(b["weights"].sum()))
+                objective = losses["loss"] * self._replicas.world_size
             state.optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
+            objective.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm)
         state.optimizer.step()
         state.scheduler.step()
         state.step += 1
+        if state.ddp is not None:  # the global batch's means: the ranks' shares summed
+            from gramophone.backends.torch_backend.distributed import all_sum
+
+            total = all_sum(torch.stack([v.detach() for v in losses.values()]))
+            losses = dict(zip(losses, total, strict=True))
         metrics = {k: float(v.detach()) for k, v in losses.items()}
         metrics |= {"grad_norm": float(grad_norm), "lr": float(lr)}
         return state, metrics
