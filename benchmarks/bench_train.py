@@ -1,9 +1,12 @@
-"""Training throughput: tokens/s per backend, structural loss share, fraction of GEMM peak.
+"""Training throughput: tokens/s per backend, structural loss share, fraction of GEMM peak;
+and with 1 and 2 data-parallel replicas (torch DDP processes, JAX devices).
 
-Writes ``benchmarks/results/train.json`` and ``train.md`` (or ``--out DIR``); the
-measurements live in :mod:`gramophone.bench.train` (``gramophone bench`` runs them too).
+Writes ``benchmarks/results/train.json`` and ``train.md`` (or ``--out DIR``); with
+``--parallel-only`` only the data-parallel part, into ``train_parallel.json``, ``.md`` and
+``.png``. The measurements live in :mod:`gramophone.bench.train` (``gramophone bench`` runs
+them too).
 
-    .venv/bin/python benchmarks/bench_train.py [--quick] [--out DIR]
+    .venv/bin/python benchmarks/bench_train.py [--quick] [--parallel-only] [--out DIR]
 """
 
 from __future__ import annotations
@@ -20,14 +23,19 @@ from gramophone.bench.common import machine
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter windows and fewer steps")
+    parser.add_argument("--parallel-only", action="store_true", help="only 1 and 2 data-parallel replicas")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
     args = parser.parse_args(argv)
-    results = {"machine": machine(), "quick": args.quick, "records": train.run(args.quick)}
+    parts = ("parallel",) if args.parallel_only else train.PARTS
+    results = {"machine": machine(), "quick": args.quick, "records": train.run(args.quick, parts)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = "\n".join(["# Training throughput", "", *train.markdown(results["records"]), ""])
-    (out / "train.md").write_text(text)
+    name = "train_parallel" if args.parallel_only else "train"
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = ["# Training throughput", "", *train.markdown(results["records"]), ""]
+    lines += [f"![{p.stem}]({p.name})" for p in train.plots(results["records"], out)]
+    text = "\n".join(lines) + "\n"
+    (out / f"{name}.md").write_text(text)
     sys.stdout.write(text)
     return 0
 

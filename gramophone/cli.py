@@ -612,7 +612,8 @@ def _add_bench_parser(sub: Any) -> None:
     p.add_argument(
         "--only",
         metavar="A,B",
-        help="only these sections (grammar, peers, vocab, train, decode, validity, music, context, infill)",
+        help="only these sections (grammar, peers, vocab, corpus, train, decode, validity, music, context, "
+        "infill)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=cmd_bench)

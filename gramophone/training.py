@@ -776,6 +776,13 @@ def train(
     tok = tokenizer if tokenizer is not None else load_tokenizer()
     grammar = automaton if automaton is not None else model_automaton(tok)
     replicas = be.data_parallel()  # before any state: DDP wraps the module, JAX places it
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and replicas.processes != launched:  # every process would write the run alone
+        raise TrainingError(
+            f"{launched} processes were started (WORLD_SIZE={launched}), but the {be.name} backend "
+            "does not train across them: torchrun is for --backend torch (or hf); JAX uses every "
+            "device of one process, and jax.distributed across hosts"
+        )
     notes = (on_note or _note) if replicas.main else (lambda message: None)
     progress = progress and replicas.main
     if resume:

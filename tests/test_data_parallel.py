@@ -130,3 +130,36 @@ def test_jax_two_devices_match_one(tiny: Path, tmp_path: Path) -> None:
     _run([sys.executable, "-c", JAX_TWO_DEVICES, str(tiny), str(run)], env=devices)
     _assert_same_model(_weights(run), reference)
     _assert_written_once(run, 2)
+
+
+def test_benchmark_tables_of_data_parallel_and_corpus_records() -> None:
+    from gramophone.bench import corpus
+    from gramophone.bench import train as bench_train
+    from gramophone.bench.common import record
+
+    common = {"preset": "chorales", "batch": 8, "seq_len": 512, "timed_steps": 6, "rounds": 2}
+    runs = [
+        record(
+            "train_parallel",
+            "gramophone-torch",
+            "tokens_per_s",
+            tps,
+            "tokens/s",
+            replicas=n,
+            how="torchrun",
+            step_ms=1.0,
+            load_avg_1m=0.5,
+            **common,
+        )
+        for n, tps in ((1, 1000.0), (2, 1600.0))
+    ]
+    runs.append(record("train_parallel", "gramophone-torch", "efficiency", 0.8, "", **common))
+    text = "\n".join(bench_train.markdown(runs))
+    assert "| torch | 2 | torchrun | 1,600 |" in text and "| 0.8 |" in text and "Data parallelism" in text
+    built = [
+        record("corpus_build", system, metric, value, "", corpus_files=10, seconds=1.0, used=10, tokens=100)
+        for system, fps in (("miditok encode loop", 100.0), ("gramophone, 1 worker", 50.0))
+        for metric, value in (("files_per_s", fps), ("tokens_per_s", fps * 10), ("peak_rss_mib", 300.0))
+    ]
+    text = "\n".join(corpus.markdown(built))
+    assert "gramophone, 1 worker: 0.50x" in text and "| miditok encode loop | 1 | 100 | 1,000 |" in text

@@ -535,6 +535,35 @@ def test_cli_decode_backend_hf_with_a_prompt_and_bars(
         assert_piece("shipped", ids, bars=2)
 
 
+def test_cli_decode_backend_hf_infills_bars_exactly(
+    hf_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--infill`` on a transformers model that never sees the kept bars: the other bars
+    are kept token for token and the piece is valid (tests/test_infill.py's oracle)."""
+    from gramophone.decoding.infill import plan_infill
+    from gramophone.grammar import compile_tokenizer
+    from gramophone.tokenizers import write_token_file
+    from tests.test_infill import assert_infilled, walk_piece
+
+    piece = walk_piece(3, 7)
+    prompt = tmp_path / "piece.json"
+    write_token_file(prompt, list(piece), tokenizer("shipped"))
+    out = tmp_path / "out"
+    code, stdout, err = decode_cli(
+        [
+            *("--checkpoint", str(hf_folder), "--num", "2", "--infill", "2:2", "--prompt", str(prompt)),
+            *("--formats", "tokens", "--out", str(out)),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "all 2 valid" in stdout
+    learned = model_vocab(tokenizer("shipped"))
+    plan = plan_infill(piece, compile_tokenizer(tokenizer("shipped")), learned, (2, 2))
+    for ids in _written(out, 2):
+        assert_infilled(ids, piece, plan, learned, 64 + len(plan.suffix))
+
+
 def test_cli_decode_backend_hf_errors_are_one_line(
     hf_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

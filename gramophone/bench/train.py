@@ -17,14 +17,27 @@ Every figure is measured in one process on real batches of the chorale dataset
   with the training FLOPs per token ``6 N + 12 L T d`` (N: parameters of the matrix
   multiplies, the output head included and the embedding lookup not; the attention
   term counts QK^T and AV forward and backward without causal savings, as in PaLM).
+
+Data parallelism (:func:`data_parallel`, the ``parallel`` part): the same model trained on
+1 and 2 replicas of the same global batch, each replica on one thread: torch processes under
+``torchrun`` (DistributedDataParallel over gloo, ``OMP_NUM_THREADS=1``), and JAX devices of
+one process (``XLA_FLAGS=--xla_force_host_platform_device_count=N`` with Eigen's threading
+off, so a device is one thread). Each configuration runs in processes of its own
+(:mod:`gramophone.bench.parallel`), the best of a few interleaved runs; ``tokens_per_s`` is
+the global batch's, batch building included, and the ``efficiency`` of 2 replicas is
+``throughput(2) / (2 throughput(1))``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,10 +45,18 @@ import numpy as np
 from gramophone.backends.config import ModelConfig, TrainConfig, get_preset
 from gramophone.bench.common import markdown_table, record
 
-__all__ = ["PRESET", "gemm_gflops", "markdown", "run", "train_flops_per_token"]
+__all__ = ["PRESET", "data_parallel", "gemm_gflops", "markdown", "plots", "run", "train_flops_per_token"]
 
 PRESET = "chorales"
 BENCH = "train_step"
+PARALLEL = "train_parallel"
+PARTS = ("step", "parallel")
+# One thread per JAX device, as OMP_NUM_THREADS=1 makes one per torch process.
+JAX_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+_HOW = {
+    "torch": ("one process", "torchrun processes (DDP, gloo)"),
+    "jax": ("one device", "forced CPU devices of one process"),
+}
 
 
 def train_flops_per_token(model: ModelConfig, seq_len: int) -> tuple[float, int]:
@@ -96,8 +117,78 @@ def _step_times(
     return times
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
-    """Measure (see the module notes); returns records."""
+def run(quick: bool = False, parts: Sequence[str] = PARTS) -> list[dict[str, Any]]:
+    """Measure (see the module notes): ``parts`` ``step`` (one process) and ``parallel``
+    (:func:`data_parallel`); returns records."""
+    records = _one_process(quick) if "step" in parts else []
+    if "parallel" in parts:
+        records += data_parallel(quick)
+    return records
+
+
+def _replica_run(backend: str, n: int, args: list[str]) -> dict[str, Any]:
+    """One :mod:`gramophone.bench.parallel` measurement with ``n`` replicas."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    module = ["-m", "gramophone.bench.parallel", "--backend", backend, *args]
+    if backend == "torch" and n > 1:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={n}",
+            *module,
+        ]
+    else:
+        cmd = [sys.executable, *module]
+    if backend == "jax":
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n} {JAX_ONE_THREAD}"
+        env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{backend} with {n} replicas failed: {proc.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    return result
+
+
+def data_parallel(quick: bool = False, rounds: int | None = None) -> list[dict[str, Any]]:
+    """Tokens/s with 1 and 2 replicas per backend and the efficiency (see the module notes);
+    the best of ``rounds`` runs of each configuration (default 2, ``quick`` 1), interleaved."""
+    from gramophone.backends import available_backends
+    from gramophone.data.dataset import load_dataset
+
+    load_dataset(progress=False)  # built once, before processes read it at once
+    T, B = (128, 4) if quick else (512, 8)
+    warmup, steps = (1, 4) if quick else (2, 6)
+    rounds = rounds or (1 if quick else 2)
+    args = ["--seq-len", str(T), "--batch", str(B), "--warmup", str(warmup), "--steps", str(steps)]
+    common = {"preset": PRESET, "batch": B, "seq_len": T, "timed_steps": steps, "rounds": rounds}
+    records: list[dict[str, Any]] = []
+    for backend in [b for b in ("torch", "jax") if b in available_backends()]:
+        best: dict[int, dict[str, Any]] = {}
+        load = round(os.getloadavg()[0], 2)
+        for _ in range(rounds):
+            for n in (1, 2):
+                got = _replica_run(backend, n, args)
+                if n not in best or got["tokens_per_s"] > best[n]["tokens_per_s"]:
+                    best[n] = got
+        system = f"gramophone-{backend}"
+        for n, got in best.items():
+            how = _HOW[backend][n > 1]
+            extra = {**common, "replicas": n, "how": how, "step_ms": got["step_ms"], "load_avg_1m": load}
+            records.append(record(PARALLEL, system, "tokens_per_s", got["tokens_per_s"], "tokens/s", **extra))
+        eff = best[2]["tokens_per_s"] / (2 * best[1]["tokens_per_s"])
+        records.append(
+            record(
+                PARALLEL, system, "efficiency", round(eff, 3), "throughput(2) / (2 throughput(1))", **common
+            )
+        )
+    return records
+
+
+def _one_process(quick: bool) -> list[dict[str, Any]]:
+    """The one-process figures (see the module notes)."""
     from gramophone.backends import available_backends
     from gramophone.data.dataset import load_dataset, train_batch
 
@@ -187,7 +278,85 @@ def _threads() -> int | None:
 
 
 def markdown(records: list[Mapping[str, Any]]) -> list[str]:
-    """The section's tables."""
+    """The section's tables: one process, then data parallelism (each when measured)."""
+    lines: list[str] = []
+    if any(r.get("benchmark") == BENCH for r in records):
+        lines += _step_markdown(records)
+    parallel = [r for r in records if r.get("benchmark") == PARALLEL]
+    if parallel:
+        lines += ["", *_parallel_markdown(parallel)] if lines else _parallel_markdown(parallel)
+    return lines
+
+
+def _parallel_markdown(records: list[Mapping[str, Any]]) -> list[str]:
+    rows = []
+    for r in records:
+        if r["metric"] != "tokens_per_s":
+            continue
+        eff = next(
+            (e["value"] for e in records if e["metric"] == "efficiency" and e["system"] == r["system"]), None
+        )
+        rows.append(
+            {
+                "backend": r["system"].removeprefix("gramophone-"),
+                "replicas": r["replicas"],
+                "as": r["how"],
+                "tokens/s": r["value"],
+                "step ms": r["step_ms"],
+                "efficiency": eff if r["replicas"] == 2 else None,
+                "load (1 min)": r["load_avg_1m"],
+            }
+        )
+    first = records[0]
+    return [
+        f"**Data parallelism.** The `{first.get('preset')}` preset's model, global batch "
+        f"{first.get('batch')} x {first.get('seq_len')} tokens (the same for 1 and 2 replicas), "
+        f"{first.get('timed_steps')} timed steps after warm-up, best of {first.get('rounds')} "
+        "interleaved runs; one thread per replica (torch: "
+        "`OMP_NUM_THREADS=1` per process; JAX: forced host devices with Eigen's threading off). "
+        "Efficiency = throughput(2) / (2 throughput(1)); the load average is the machine's at the start.",
+        "",
+        *markdown_table(
+            rows, ["backend", "replicas", "as", "tokens/s", "step ms", "efficiency", "load (1 min)"]
+        ),
+    ]
+
+
+def plots(records: list[Mapping[str, Any]], out: Path) -> list[Path]:
+    """Tokens/s with 1 and 2 replicas per backend (when the parallel part was measured)."""
+    rows = [r for r in records if r.get("benchmark") == PARALLEL and r.get("metric") == "tokens_per_s"]
+    if not rows:
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    systems = sorted({r["system"] for r in rows})
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    width = 0.35
+    for k, n in enumerate((1, 2)):
+        values = [
+            next((r["value"] for r in rows if r["system"] == s and r["replicas"] == n), 0) for s in systems
+        ]
+        xs = [i + (k - 0.5) * width for i in range(len(systems))]
+        ax.bar(xs, values, width, label=f"{n} replica{'s' if n > 1 else ''}")
+    ax.set_xticks(range(len(systems)), [s.removeprefix("gramophone-") for s in systems])
+    ax.set_ylabel("tokens / s (global batch)")
+    ax.set_title("Training throughput, data-parallel, one thread per replica")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = out / "train_parallel.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
+
+
+def _step_markdown(records: list[Mapping[str, Any]]) -> list[str]:
+    """The one-process tables."""
     steps = [r for r in records if r.get("benchmark") == BENCH and r.get("metric") == "tokens_per_s"]
     rows = []
     for r in steps:

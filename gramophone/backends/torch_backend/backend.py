@@ -20,6 +20,7 @@ For decoding loops that stay on the device (no host sync per step) use the modul
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,10 +143,17 @@ class TorchTraining:
 
     def data_parallel(self) -> DataParallel:
         """Join the process group ``torchrun`` describes (gloo on the CPU, NCCL on GPUs, this
-        process on ``cuda:LOCAL_RANK``); states made afterwards train with DDP."""
+        process on ``cuda:LOCAL_RANK``); states made afterwards train with DDP, until the
+        returned ``close()``."""
         from gramophone.backends.torch_backend.distributed import join
 
-        self._replicas, self.device = join(self.device)
+        joined, self.device = join(self.device)
+
+        def close() -> None:
+            joined.close()
+            self._replicas = DataParallel()
+
+        self._replicas = dataclasses.replace(joined, close=close)
         return self._replicas
 
     @torch.no_grad()
