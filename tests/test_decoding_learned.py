@@ -28,6 +28,7 @@ from gramophone.grammar import REJECT, compile_tokenizer, derive, fsa
 from gramophone.kernels import numpy as kernels
 from gramophone.tokenizers.learned import LearnedVocab, learned_vocab
 from tests.reference import reference_accepts
+from tests.walks import table_walk
 
 MODELS = [("BPE", "bar"), ("Unigram", "bar"), ("WordPiece", "bar"), ("BPE", "no")]
 FEWER = settings(max_examples=max(4, settings.default.max_examples // 4))
@@ -80,30 +81,13 @@ def _oracle_allowed(
     return out
 
 
-def _walk(tables: Any, rng: np.random.Generator, n: int) -> list[int]:
-    """A random valid prefix of learned ids (BOS first), drawn with the kernels."""
-    state = kernels.start(tables, 1)
-    ids = [tables.bos]
-    state = kernels.advance(tables, state, np.array([tables.bos]))
-    for _ in range(n):
-        mask = kernels.allowed(tables, state, 1 << 20)[0]
-        mask[tables.eos] = False
-        cand = np.nonzero(mask)[0]
-        if cand.size == 0:
-            break
-        v = int(cand[rng.integers(cand.size)])
-        ids.append(v)
-        state = kernels.advance(tables, state, np.array([v]))
-    return ids
-
-
 @pytest.mark.parametrize(("model", "split"), MODELS)
 def test_learned_mask_is_exact_against_the_explicit_product(model: str, split: str) -> None:
     _, learned, tables, dead, dist = setup(model, split)
     rng = np.random.default_rng(0)
     checked = 0
     for trial in range(6):
-        ids = _walk(tables, rng, int(rng.integers(0, 30)))
+        ids = table_walk(tables, rng, int(rng.integers(0, 30)))
         base, _ = learned.expand(ids)
         s = 0
         for b in base:
@@ -165,7 +149,7 @@ def test_numpy_loop_ends_every_stream_valid(  # noqa: PLR0917 - hypothesis draws
     model: str, split: str, budget_extra: int, prompt_len: int, seed: int, spike: float, greedy: bool
 ) -> None:
     tok, learned, tables, _, _ = setup(model, split)
-    prompt_ids = _walk(tables, np.random.default_rng(seed), prompt_len)
+    prompt_ids = table_walk(tables, np.random.default_rng(seed), prompt_len)
     auto = compile_tokenizer(tok)
     p = prepare_prompt(tables, auto, prompt_ids)
     budget = p.min_total + budget_extra
@@ -178,7 +162,7 @@ def test_numpy_loop_ends_every_stream_valid(  # noqa: PLR0917 - hypothesis draws
 def test_device_kernels_match_numpy_on_learned_tables(framework: str) -> None:
     _, _, tables, _, _ = setup("BPE", "bar")
     rng = np.random.default_rng(1)
-    states = np.stack([tables.run(_walk(tables, rng, int(rng.integers(0, 40)))) for _ in range(8)])
+    states = np.stack([tables.run(table_walk(tables, rng, int(rng.integers(0, 40)))) for _ in range(8)])
     tokens = rng.integers(0, tables.vocab_size, 8)
     for remaining in (2, 5, 9, 1 << 20):
         want = kernels.allowed(tables, states, remaining)
@@ -237,7 +221,7 @@ def test_a_second_id_of_a_special_token_is_never_emitted_and_reads_as_the_first(
     assert len(eos_ids) == 2 and len(bos_ids) == 2  # miditok's Unigram quirk, which this test is about
     ends = 0
     for seed in range(20):
-        prompt = _walk(tables, np.random.default_rng(seed), 12)
+        prompt = table_walk(tables, np.random.default_rng(seed), 12)
         state = tables.run(prompt)
         allowed = kernels.allowed(tables, state[None, :], 1 << 20)[0]
         assert not allowed[[v for v in eos_ids if v != tables.eos]].any()

@@ -51,6 +51,7 @@ from gramophone.tokenizers import decode_ids, load_tokenizer, model_vocab, save_
 from tests.learned_fixtures import trained_tokenizer, trained_tokenizer_path
 from tests.profiles import scaled
 from tests.reference import reference_accepts
+from tests.walks import table_walk
 
 CAP = 96  # positions of every tiny model
 VOCABS = ("shipped", "bpe")
@@ -111,22 +112,6 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0, scale: float = 1.0, po
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(scale)
     return model.eval()
-
-
-def walk(tables: Any, rng: np.random.Generator, n: int) -> list[int]:
-    """A random valid beginning of ``n`` model ids after BOS (BOS first), drawn with the kernels."""
-    state = K.advance(tables, K.start(tables, 1), np.array([tables.bos]))
-    ids = [tables.bos]
-    for _ in range(n):
-        mask = K.allowed(tables, state, 1 << 20)[0]
-        mask[tables.eos] = False
-        cand = np.nonzero(mask)[0]
-        if cand.size == 0:
-            break
-        v = int(cand[rng.integers(cand.size)])
-        ids.append(v)
-        state = K.advance(tables, state, np.array([v]))
-    return ids
 
 
 # ----------------------------------------------------------------------------- oracles
@@ -194,7 +179,7 @@ def generate_cases(draw: st.DrawFn) -> dict[str, Any]:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     prompts = []
     for _ in range(draw(st.integers(1, 3))):
-        ids = walk(t, rng, draw(st.integers(0, 10)))
+        ids = table_walk(t, rng, draw(st.integers(0, 10)))
         without_bos = len(ids) > 1 and draw(st.integers(0, 3)) == 0  # a prompt without BOS, at times
         prompts.append(ids[1:] if without_bos else ids)
     width = max(len(p) for p in prompts)
@@ -348,7 +333,7 @@ def test_states_follow_row_content_through_beam_reordering() -> None:
     proc = processor(which, 40)
     t = proc.tables
     rng = np.random.default_rng(3)
-    a, b = walk(t, rng, 6), walk(t, rng, 4)
+    a, b = table_walk(t, rng, 6), table_walk(t, rng, 4)
     width = max(len(a), len(b))
     rows = [[t.pad] * (width - len(r)) + r for r in (a, b)]
     scores = torch.zeros((2, t.vocab_size))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from gramophone.grammar import REJECT, Automaton
@@ -45,3 +47,22 @@ def random_walk(automaton: Automaton, rng: np.random.Generator, length: int, eos
     if eos and "EOS_None" in automaton.token_index:
         out.append(automaton.token_index["EOS_None"])
     return out
+
+
+def table_walk(tables: Any, rng: np.random.Generator, n: int) -> list[int]:
+    """A random valid beginning of at most ``n`` model ids after BOS (BOS first), drawn
+    with the numpy kernels over decoding tables (trained vocabularies included)."""
+    from gramophone.kernels import numpy as kernels
+
+    state = kernels.advance(tables, kernels.start(tables, 1), np.array([tables.bos]))
+    ids = [tables.bos]
+    for _ in range(n):
+        mask = kernels.allowed(tables, state, 1 << 20)[0]
+        mask[tables.eos] = False
+        cand = np.nonzero(mask)[0]
+        if cand.size == 0:
+            break
+        v = int(cand[rng.integers(cand.size)])
+        ids.append(v)
+        state = kernels.advance(tables, state, np.array([v]))
+    return ids
