@@ -867,12 +867,23 @@ def _notes(n: int) -> str:
     return f"{n} note{'s' * (n != 1)}"
 
 
+_EXPLAINED = frozenset(
+    {"key", "pitch-range", "time-signature", "max-notes-per-onset", "notes-per-bar", "allowed-pitches"}
+)
+
+
 def explain(component: Component, state: int, token: str) -> str | None:
     """Why a composer constraint's ``component`` forbids ``token`` in ``state``, in the
     checker's words; ``None`` for a component that is not one of them."""
     name, _, arg = component.name.partition("=")
+    if name not in _EXPLAINED:
+        return None  # a grammar component (its facts need not be numbers)
     kind, _, value = token.partition("_")
-    info = {k: int(a[state]) for k, a in component.info.items() if a.ndim == 1 and a.shape[0] > state}
+    info = {
+        k: int(a[state])
+        for k, a in component.info.items()
+        if a.ndim == 1 and a.shape[0] > state and np.issubdtype(a.dtype, np.integer)
+    }
     if name == "key":
         key = parse_key(arg)
         return f"{token} is not in {key.tonic} {key.mode} (its pitch classes: {key.scale_names()})"
