@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gramophone.errors import DecodingError
-from gramophone.grammar import REJECT, Automaton, Component
+from gramophone.grammar import REJECT, Automaton, Component, fsa
 from gramophone.grammar.constraints import bars_component
 
 __all__ = [
@@ -93,9 +93,7 @@ def with_suffix(automaton: Automaton, suffix: Sequence[int]) -> Automaton:
     comps = []
     for c in automaton.components:
         T = c.transitions
-        state = np.arange(c.num_states, dtype=np.int32)
-        for t in path:
-            state = np.where(state == REJECT, REJECT, T[np.maximum(state, 0), t]).astype(np.int32)
+        state = fsa.run_from_every_state(T, path)
         T2 = T.copy()
         T2[:, eos] = state
         neutral = c.neutral and bool(((state != REJECT) | (T[:, eos] == REJECT)).all())

@@ -422,11 +422,10 @@ def _distance_layers(
 
 def _eos_as_suffix(T: np.ndarray, eos: int, suffix: Sequence[int]) -> np.ndarray:
     """``T`` (a product, ``int32[S, V]``) with EOS leading where ``suffix + EOS`` leads."""
-    state = np.arange(T.shape[0], dtype=np.int32)
-    for t in [*suffix, eos]:
-        state = np.where(state == REJECT, REJECT, T[np.maximum(state, 0), int(t)]).astype(np.int32)
+    from gramophone.grammar import fsa
+
     out = T.copy()
-    out[:, eos] = state
+    out[:, eos] = fsa.run_from_every_state(T, [*suffix, eos])
     return out
 
 

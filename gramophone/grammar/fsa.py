@@ -95,6 +95,15 @@ def determinize(nfa: NFA, start: int, final: int, n_symbols: int) -> tuple[np.nd
     return T, accepting
 
 
+def run_from_every_state(T: np.ndarray, tokens: Sequence[int]) -> np.ndarray:
+    """``int32[S]``: the state each state of ``T`` reaches over ``tokens`` (REJECT once any
+    step rejects)."""
+    state = np.arange(T.shape[0], dtype=np.int32)
+    for t in tokens:
+        state = np.where(state == REJECT, REJECT, T[np.maximum(state, 0), int(t)]).astype(np.int32)
+    return state
+
+
 def reachable(T: np.ndarray, start: int) -> np.ndarray:
     """``bool[S]``: states reachable from ``start`` (a mask per level, no sort: the time
     tables with rests are large)."""
