@@ -91,3 +91,28 @@ def test_validity_table_quick_run() -> None:
     held_out = [r for r in records if r["benchmark"] == "music_stats" and r["system"] == "held-out chorales"]
     assert len(held_out) == 4
     assert "## Valid pieces" in "\n".join(validity_table.markdown(records))
+
+
+def test_full_table_reuses_the_bundled_model_only_for_its_own_recipe() -> None:
+    """The full table's ``ce+structural`` row is the bundled model when (and only when) the
+    package's model was trained with the table's recipe and that loss; other losses, or
+    another recipe, are trained."""
+    import dataclasses
+
+    from gramophone.backends.checkpoint import read_info
+    from gramophone.bench import validity_table
+    from gramophone.models import bundled_checkpoint_path
+
+    info = read_info(bundled_checkpoint_path())
+    assert info.train is not None
+    own = {
+        "model": {k: v for k, v in dataclasses.asdict(info.model).items() if k != "vocab_size"},
+        "train": {k: v for k, v in dataclasses.asdict(info.train).items() if k not in ("loss", "seed")},
+    }
+    got = validity_table._bundled_if_same(own, "torch", info.train.loss)
+    assert got is not None and got[0] == bundled_checkpoint_path()
+    assert got[1]["nll"] == info.meta["evaluation"]["validation"]["nll"]
+    other = "ce" if info.train.loss != "ce" else "masked"
+    assert validity_table._bundled_if_same(own, "torch", other) is None
+    longer = {**own, "train": {**own["train"], "total_steps": own["train"]["total_steps"] + 1}}
+    assert validity_table._bundled_if_same(longer, "torch", info.train.loss) is None

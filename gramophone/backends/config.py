@@ -239,23 +239,25 @@ PRESETS: dict[str, Preset] = {
             structural_weight=1.0,
         ),
     ),
-    # The `chorales` model trained long enough to use its context (issue 11): 800 steps left
-    # it undertrained (Pitch NLL ~3.0 nats, barely better with 512 tokens of context than
-    # with 16). Progress follows the number of updates more than the tokens per update, so
-    # half the batch (4 x 512 = 2048 tokens) and 7.5x the steps: 12.3M tokens, ~4 passes
-    # over the transposed training data; about 1.2-1.8 hours on two shared CPU cores.
+    # The bundled model's recipe (gramophone/models/bundled, scripts/train_bundled.sh): the
+    # `chorales` shape trained long enough to use its context (issue 11). 800 updates left it
+    # undertrained (Pitch NLL ~3.0 nats, barely better with 512 tokens of context than with
+    # 16); progress follows the number of updates, so 5x the updates of the same batch:
+    # 16.4M tokens, about 1.5-3 hours on one CPU core. Half of the windows are in
+    # fill-in-the-middle order (gramophone.data.fim) so that --infill sees both sides.
     "chorales-long": Preset(
         name="chorales-long",
         model={"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 512, "max_len": 512, "dropout": 0.1},
         train=TrainConfig(
             lr=1e-3,
-            warmup_steps=200,
-            total_steps=6000,
-            batch_size=4,
+            warmup_steps=100,
+            total_steps=4000,
+            batch_size=8,
             seq_len=512,
             label_smoothing=0.0,
             loss="ce+structural",
             structural_weight=1.0,
+            fim_rate=0.5,
         ),
     ),
 }

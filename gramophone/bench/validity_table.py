@@ -1,19 +1,25 @@
 """The table that motivates the project: how valid are sampled pieces, by training loss
 and by sampling mode? And how do they sound next to held-out chorales (statistics)?
 
-Three models of one shape are trained with the same budget (same data, steps, seed),
-differing only in the loss: ``ce``, ``ce+structural``, ``masked``. Each samples ``n``
-pieces freely (no automaton) and under the mask (the automaton, length-aware), with the
-same budget of tokens, temperature 1. A piece is judged by
-:func:`gramophone.bench.validity.judge`, which never uses the automaton.
+Three models of one recipe are trained alike (same shape, data, steps, seed and
+fill-in-the-middle share), differing only in the loss: ``ce``, ``ce+structural``,
+``masked``. The full table uses the bundled model's recipe (the ``chorales-long``
+preset, 4,000 updates of 8 x 512 tokens), so the comparison is made on models that use
+their context (issue 11); its ``ce+structural`` row is the bundled model itself when the
+package's model was trained with that recipe. Each model samples ``n`` pieces freely (no
+automaton) and under the mask (the automaton, length-aware), with the same budget of
+tokens, temperature 1. A piece is judged by :func:`gramophone.bench.validity.judge`,
+which never uses the automaton.
 
 Records: ``validity`` (metric ``valid_fraction``, keys ``training``, ``sampling``,
 ``n``; with the per-token error rates by kind, the model's validation NLL and, for
 masked sampling, the mean probability mass the mask removed); ``music_stats`` (one
 record per statistic and row, plus the held-out chorales of the test split).
 
-Trained models are kept under ``cache_dir()/bench-runs/`` (keyed on their config) and
-reused by a later run.
+Trained models are kept under ``cache_dir()/bench-runs/`` (keyed on their recipe) and
+reused by a later run. Each takes hours on a CPU core; ``python -m
+gramophone.bench.validity_table train LOSS`` trains one of them ahead (run two at once
+on two cores), resuming an interrupted one.
 
 :func:`run_models` makes the same rows for models trained elsewhere, on any backend (the
 ``hf`` backend's ``save_pretrained`` folders: the seed's Model 0 and its LoRA fine-tune,
@@ -22,6 +28,8 @@ reused by a later run.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -35,17 +43,11 @@ from gramophone.bench.common import markdown_table, record
 from gramophone.bench.music_stats import STATS, mean_stats, piece_stats
 from gramophone.bench.validity import KINDS, judge
 
-__all__ = ["markdown", "plots", "run", "run_models"]
+__all__ = ["full_setup", "markdown", "plots", "run", "run_models", "train_variant"]
 
 LOSSES = ("ce", "ce+structural", "masked")
 
-#: The shared budget. Full: 600 steps of 8 x 256 tokens for a 3-layer d_model 96 model; quick: seconds.
-FULL: dict[str, Any] = {
-    "model": {"d_model": 96, "n_layers": 3, "n_heads": 4, "d_ff": 384, "max_len": 512, "dropout": 0.1},
-    "train": {"lr": 1e-3, "warmup_steps": 40, "total_steps": 600, "batch_size": 8, "seq_len": 256},
-    "n": 100,
-    "budget": 512,
-}
+#: Quick: seconds (tests). The full setup is :func:`full_setup`.
 QUICK: dict[str, Any] = {
     "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_len": 256, "dropout": 0.0},
     "train": {"lr": 3e-3, "warmup_steps": 5, "total_steps": 30, "batch_size": 4, "seq_len": 128},
@@ -54,43 +56,88 @@ QUICK: dict[str, Any] = {
 }
 
 
-def _train_models(setup: dict[str, Any], backend: str) -> dict[str, tuple[Path, dict[str, float]]]:
-    """Train (or reuse) one model per loss; returns loss -> (model folder, validation metrics
-    of :func:`gramophone.training.evaluate_split`)."""
+def full_setup() -> dict[str, Any]:
+    """The full table's setup: the bundled model's recipe (preset ``chorales-long``),
+    100 pieces per row within 512 tokens."""
+    from gramophone.backends.config import get_preset
+
+    preset = get_preset("chorales-long")
+    train = {k: v for k, v in dataclasses.asdict(preset.train).items() if k not in ("loss", "seed")}
+    return {"model": dict(preset.model), "train": train, "n": 100, "budget": 512}
+
+
+def _run_dir(setup: dict[str, Any], backend: str, loss: str) -> Path:
     from gramophone._files import cache_dir
+    from gramophone.grammar import compile_remi
+    from gramophone.tokenizers import load_tokenizer
+
+    recipe = {"model": setup["model"], "train": setup["train"]}
+    auto = compile_remi(load_tokenizer())
+    key = hashlib.sha256(json.dumps([recipe, auto.hash, backend], sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / "bench-runs" / key / loss.replace("+", "-")
+
+
+def _bundled_if_same(setup: dict[str, Any], backend: str, loss: str) -> tuple[Path, dict[str, float]] | None:
+    """The bundled model and its validation figures when it is this row's model: trained
+    on ``backend`` (weights are framework-neutral; the recipe is what matters) with the
+    setup's shape, training settings and ``loss``, seed 0."""
+    from gramophone.backends.checkpoint import read_info
+    from gramophone.models import bundled_checkpoint_path
+
+    folder = bundled_checkpoint_path()
+    info = read_info(folder)
+    train = dataclasses.asdict(info.train) if info.train is not None else {}
+    model = {k: v for k, v in dataclasses.asdict(info.model).items() if k != "vocab_size"}
+    wanted = {**setup["train"], "loss": loss, "seed": 0}
+    same_train = all(train.get(k) == v for k, v in wanted.items())
+    evaluation = info.meta.get("evaluation", {}).get("validation")
+    if same_train and model == setup["model"] and evaluation:
+        return folder, evaluation
+    return None
+
+
+def train_variant(setup: dict[str, Any], backend: str, loss: str, progress: bool = False) -> tuple[Path, dict[str, float]]:
+    """Train (or reuse, or resume) the model of one ``loss``; returns its model folder and
+    the validation metrics of :func:`gramophone.training.evaluate_split`."""
     from gramophone.backends import ModelConfig, TrainConfig
     from gramophone.grammar import compile_remi
     from gramophone.tokenizers import load_tokenizer
     from gramophone.training import RunConfig, train
 
-    tok = load_tokenizer()
-    auto = compile_remi(tok)
-    key = hashlib.sha256(json.dumps([setup, auto.hash, backend], sort_keys=True).encode()).hexdigest()[:12]
-    root = cache_dir() / "bench-runs" / key
+    run_dir = _run_dir(setup, backend, loss)
+    done = run_dir / "bench-eval.json"
+    if not done.is_file():
+        tok = load_tokenizer()
+        auto = compile_remi(tok)
+        model = ModelConfig(vocab_size=len(auto.vocab), **setup["model"])
+        settings = {"label_smoothing": 0.0, **setup["train"], "loss": loss, "seed": 0}
+        tcfg = TrainConfig(**settings)
+        result = train(
+            run_dir,
+            backend=backend,
+            config=RunConfig(model, tcfg, source=f"bench validity ({loss})"),
+            resume=(run_dir / "checkpoints").is_dir(),
+            checkpoint_every=max(1, min(100, tcfg.total_steps // 3)),
+            val_windows=None,
+            progress=progress,
+            tokenizer=tok,
+            automaton=auto,
+        )
+        if result.model_dir is None:
+            raise RuntimeError(f"training {loss} stopped before the end")
+        done.write_text(json.dumps({"model": str(result.model_dir)}))
+    saved = json.loads(done.read_text())
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    return Path(saved["model"]), evaluation["validation"]
+
+
+def _train_models(setup: dict[str, Any], backend: str, quick: bool) -> dict[str, tuple[Path, dict[str, float]]]:
+    """One model per loss (trained, reused, or the bundled one); loss -> (model folder,
+    validation metrics)."""
     out: dict[str, tuple[Path, dict[str, float]]] = {}
     for loss in LOSSES:
-        run_dir = root / loss.replace("+", "-")
-        done = run_dir / "bench-eval.json"
-        if not done.is_file():
-            model = ModelConfig(vocab_size=len(auto.vocab), **setup["model"])
-            tcfg = TrainConfig(label_smoothing=0.0, loss=loss, seed=0, **setup["train"])  # type: ignore[arg-type]
-            result = train(
-                run_dir,
-                backend=backend,
-                config=RunConfig(model, tcfg, source=f"bench validity ({loss})"),
-                resume=(run_dir / "checkpoints").is_dir(),
-                checkpoint_every=max(1, tcfg.total_steps // 3),
-                val_windows=None,
-                progress=False,
-                tokenizer=tok,
-                automaton=auto,
-            )
-            if result.model_dir is None:
-                raise RuntimeError(f"training {loss} stopped before the end")
-            done.write_text(json.dumps({"model": str(result.model_dir)}))
-        saved = json.loads(done.read_text())
-        evaluation = json.loads((run_dir / "eval.json").read_text())
-        out[loss] = (Path(saved["model"]), evaluation["validation"])
+        bundled = None if quick else _bundled_if_same(setup, backend, loss)
+        out[loss] = bundled or train_variant(setup, backend, loss)
     return out
 
 
@@ -115,10 +162,10 @@ def run(quick: bool = False, backend: str = "torch") -> list[dict[str, Any]]:
     """Train the three models (or reuse them), sample, judge; see the module notes."""
     from gramophone.backends import get_backend
 
-    setup = QUICK if quick else FULL
+    setup = QUICK if quick else full_setup()
     be = get_backend(backend)
     records: list[dict[str, Any]] = []
-    models = _train_models(setup, backend)
+    models = _train_models(setup, backend, quick)
     n, budget = int(setup["n"]), int(setup["budget"])
     for loss, (model_dir, val) in models.items():
         ckpt = be.load(model_dir)
@@ -290,3 +337,26 @@ def plots(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return [path]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m gramophone.bench.validity_table",
+        description="Train ahead (or resume) one model of the full validity table, into the "
+        "cache the benchmark reads (`gramophone bench --only validity`).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train the model of one loss")
+    train.add_argument("loss", choices=LOSSES)
+    train.add_argument("--backend", default="torch", choices=("torch", "jax"))
+    args = parser.parse_args(argv)
+    setup = full_setup()
+    if _bundled_if_same(setup, args.backend, args.loss) is not None:
+        print(f"{args.loss}: the bundled model is this row's model; nothing to train")
+        return
+    folder, val = train_variant(setup, args.backend, args.loss, progress=True)
+    print(f"{args.loss}: {folder} (validation NLL {val['nll']:.4f})")
+
+
+if __name__ == "__main__":
+    main()
