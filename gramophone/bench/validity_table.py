@@ -96,7 +96,9 @@ def _bundled_if_same(setup: dict[str, Any], backend: str, loss: str) -> tuple[Pa
     return None
 
 
-def train_variant(setup: dict[str, Any], backend: str, loss: str, progress: bool = False) -> tuple[Path, dict[str, float]]:
+def train_variant(
+    setup: dict[str, Any], backend: str, loss: str, progress: bool = False
+) -> tuple[Path, dict[str, float]]:
     """Train (or reuse, or resume) the model of one ``loss``; returns its model folder and
     the validation metrics of :func:`gramophone.training.evaluate_split`."""
     from gramophone.backends import ModelConfig, TrainConfig
@@ -131,7 +133,9 @@ def train_variant(setup: dict[str, Any], backend: str, loss: str, progress: bool
     return Path(saved["model"]), evaluation["validation"]
 
 
-def _train_models(setup: dict[str, Any], backend: str, quick: bool) -> dict[str, tuple[Path, dict[str, float]]]:
+def _train_models(
+    setup: dict[str, Any], backend: str, quick: bool
+) -> dict[str, tuple[Path, dict[str, float]]]:
     """One model per loss (trained, reused, or the bundled one); loss -> (model folder,
     validation metrics)."""
     out: dict[str, tuple[Path, dict[str, float]]] = {}
