@@ -345,15 +345,18 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     from gramophone.decoding import DecodeOptions, Sampling, decode_to_folder
     from gramophone.decoding.infill import parse_infill
+    from gramophone.decoding.rules import DEFAULT_SAMPLING
 
     if args.greedy and (args.temperature, args.top_k, args.top_p) != (None, None, None):
         _err("--greedy takes no --temperature, --top-k or --top-p")
         return EXIT_ERROR
+    # Each setting not given keeps the measured default (DEFAULT_SAMPLING); --top-p 1 turns
+    # a default nucleus off.
     sampling = Sampling(
         greedy=args.greedy,
-        temperature=1.0 if args.temperature is None else args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
+        temperature=DEFAULT_SAMPLING.temperature if args.temperature is None else args.temperature,
+        top_k=DEFAULT_SAMPLING.top_k if args.top_k is None else args.top_k,
+        top_p=DEFAULT_SAMPLING.top_p if args.top_p is None else args.top_p,
     )
     options = DecodeOptions(
         backend=args.backend,
@@ -621,6 +624,8 @@ def _add_bench_parser(sub: Any) -> None:
 
 # -- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from gramophone.decoding.rules import DEFAULT_SAMPLING
+
     parser = argparse.ArgumentParser(
         prog="gramophone",
         description="Grammar-constrained generation of symbolic music (REMI tokens).",
@@ -710,9 +715,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="length budget of each piece, every token included (default: the model's context)",
     )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("--temperature", type=float, metavar="T", help="softmax temperature > 0 (default 1)")
-    p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely allowed tokens")
-    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: smallest set of mass >= P")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        metavar="T",
+        help=f"softmax temperature > 0 (default {DEFAULT_SAMPLING.temperature:g}: the defaults were "
+        "chosen by measurement, see the README)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="sample among the K most likely allowed tokens"
+        + ("" if DEFAULT_SAMPLING.top_k is None else f" (default {DEFAULT_SAMPLING.top_k})"),
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        metavar="P",
+        help="nucleus sampling: smallest set of mass >= P ("
+        + ("default off" if DEFAULT_SAMPLING.top_p is None else f"default {DEFAULT_SAMPLING.top_p:g}")
+        + "; 1 turns it off)",
+    )
     p.add_argument("--greedy", action="store_true", help="always the most likely allowed token")
     p.add_argument(
         "--prompt",

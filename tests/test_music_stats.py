@@ -165,11 +165,31 @@ def test_pictures_and_the_bench_section(tmp_path: Path) -> None:
 
     records = [record("music", music.SAMPLED, "files", [str(p) for p in paths[:2]], "paths", pieces=2)]
     records.append(record("music", music.REFERENCE, "files", [str(paths[2])], "paths", pieces=1))
-    records += [record("music", music.SAMPLED, k, 0.5, "", pieces=2) for k in STATS]
+    reference = {
+        "pitch_class_entropy": 0.5,
+        "scale_consistency": 0.5,
+        "polyphony": 0.5,
+        "empty_beat_rate": 0.49,
+    }
+    gaps = music.target_gaps(dict.fromkeys(STATS, 0.5), reference)
+    assert gaps == {
+        "pitch_class_entropy": 0.0,
+        "scale_consistency": 0.0,
+        "polyphony": 0.0,
+        "empty_beat_rate": 0.333333,
+    }
+    keys = {"pieces": 2, "setting": "temperature 1", "default": True}
+    records += [record("music", music.SAMPLED, k, 0.5, "", target_gap=gaps[k], **keys) for k in STATS]
+    hot = {"pieces": 2, "setting": "temperature 2", "default": False}
+    records += [record("music", "sampled (temperature 2)", k, 0.9, "", target_gap=2.0, **hot) for k in STATS]
     out = tmp_path / "out"
     out.mkdir()
     assert [p.name for p in music.plots(records, out)] == list(music.PICTURES)
     table = "\n".join(music.markdown(records))
-    assert "| sampled (bundled model) | 2 | 0.5 | 0.5 | 0.5 | 0.5 |" in table
+    assert (
+        "| sampled (bundled model) | temperature 1 | yes | 2 | 0.5 | 0.5 | 0.5 | 0.5 | 0.333 | yes |" in table
+    )
+    assert "| sampled (temperature 2) | temperature 2 |  | 2 | 0.9 | 0.9 | 0.9 | 0.9 | 2 | no |" in table
+    assert "Smallest worst gap in this run: temperature 1." in table
     paths[2].unlink()  # files gone (a results.json read elsewhere): no pictures, no error
     assert music.plots(records, out) == []

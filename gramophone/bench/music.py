@@ -138,18 +138,85 @@ def roll_picture(
 
 # ----------------------------------------------------------------------------- the bench section
 
+#: Issue 11's targets for pieces sampled at the default settings, next to held-out
+#: chorales: per statistic, the tolerance and whether it is relative to the chorales' mean.
+TOLERANCES: dict[str, tuple[float, bool]] = {
+    "pitch_class_entropy": (0.10, True),
+    "scale_consistency": (0.10, True),
+    "polyphony": (0.15, True),
+    "empty_beat_rate": (0.03, False),
+}
 
-def _sampled(n: int, folder: Path) -> list[Path]:
-    """``n`` pieces decoded with the bundled model into ``folder`` (MIDI only)."""
+
+def settings() -> tuple[Any, ...]:
+    """The sampling settings the full section compares (the decode default is chosen among
+    them, see :func:`best_setting`): temperatures 1 to 0.7, nucleus sampling at 0.95 and
+    0.9, and the two together."""
+    from gramophone.decoding.rules import Sampling
+
+    return (
+        Sampling(),
+        Sampling(temperature=0.9),
+        Sampling(temperature=0.8),
+        Sampling(temperature=0.7),
+        Sampling(top_p=0.95),
+        Sampling(top_p=0.9),
+        Sampling(temperature=0.9, top_p=0.95),
+        Sampling(temperature=0.9, top_p=0.9),
+    )
+
+
+def setting_label(sampling: Any) -> str:
+    """``temperature 0.9, top-p 0.95`` (what the decode options say)."""
+    if sampling.greedy:
+        return "greedy"
+    parts = [f"temperature {sampling.temperature:g}"]
+    if sampling.top_k is not None:
+        parts.append(f"top-k {sampling.top_k}")
+    if sampling.top_p is not None and sampling.top_p < 1:
+        parts.append(f"top-p {sampling.top_p:g}")
+    return ", ".join(parts)
+
+
+def target_gaps(sampled: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
+    """Per statistic, the distance of ``sampled`` from ``reference`` (means) as a share of
+    its tolerance (:data:`TOLERANCES`): at most 1 is within the target.
+
+    >>> target_gaps({"polyphony": 3.45, "empty_beat_rate": 0.04},
+    ...             {"polyphony": 3.0, "empty_beat_rate": 0.01})
+    {'polyphony': 1.0, 'empty_beat_rate': 1.0}
+    """
+    out = {}
+    for key, value in sampled.items():
+        if key not in TOLERANCES:
+            continue
+        tol, relative = TOLERANCES[key]
+        allowed = tol * abs(reference[key]) if relative else tol
+        out[key] = round(abs(value - reference[key]) / allowed, 6)
+    return out
+
+
+def best_setting(gaps: dict[str, dict[str, float]]) -> str:
+    """The setting (label) whose largest gap is smallest: the one furthest inside the
+    targets, or nearest to them when none is inside."""
+    return min(gaps, key=lambda label: max(gaps[label].values()))
+
+
+def _sampled(n: int, folder: Path, sampling: Any = None) -> list[Path]:
+    """``n`` pieces decoded with the bundled model into ``folder`` (MIDI only), at
+    ``sampling`` (default: the decode default)."""
     from gramophone.decoding import DecodeOptions, decode_to_folder
 
-    options = DecodeOptions(backend="torch", out=folder, num=n, seed=0, formats=("midi",), progress=False)
+    extra = {} if sampling is None else {"sampling": sampling}
+    options = DecodeOptions(
+        backend="torch", out=folder, num=n, seed=0, formats=("midi",), progress=False, **extra
+    )
     decode_to_folder(options)
     return sorted(folder.glob("piece-*.mid"))
 
 
-def _chorales(n: int) -> list[Path]:
-    """The first ``n`` chorales of the held-out test split."""
+def _chorales(n: int | None) -> list[Path]:
+    """The first ``n`` chorales of the held-out test split (``None``: all of them)."""
     from gramophone.data import chorale_midis, chorale_names, split_names
 
     test = split_names(chorale_names())["test"][:n]
@@ -157,41 +224,102 @@ def _chorales(n: int) -> list[Path]:
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    """Records ``music``: per set and statistic the mean (``value``) and the per-piece
-    ``values``; per set the MIDI files (metric ``files``) that :func:`plots` draws."""
+    """Records ``music``: per set and statistic the mean (``value``), the per-piece
+    ``values`` and, for sampled sets, the ``target_gap`` (:func:`target_gaps`); per set the
+    MIDI files (metric ``files``) that :func:`plots` draws. Sampled sets: one per sampling
+    setting (key ``setting``; ``default``: the decode default), ``n`` = 32 pieces each
+    (quick: 4 pieces, two settings); the reference: every held-out test chorale (quick: 4)."""
     from gramophone._files import cache_dir
+    from gramophone.decoding.rules import DEFAULT_SAMPLING
 
-    n = 4 if quick else 16
-    sampled = _sampled(n, cache_dir() / "bench-music" / f"sampled-{n}")
-    reference = _chorales(n)
+    n = 4 if quick else 32
+    chosen = settings()[:2] if quick else settings()
+    if DEFAULT_SAMPLING not in chosen:
+        chosen = (DEFAULT_SAMPLING, *chosen)
     engine = "muspy" if muspy_available() else "numpy"
-    records = []
-    for system, paths in ((SAMPLED, sampled), (REFERENCE, reference)):
-        stats = midi_stats(paths)
-        for key, value in mean_stats(stats).items():
-            values = [round(s[key], 6) for s in stats]
+    reference = _chorales(4 if quick else None)
+    ref_stats = midi_stats(reference)
+    ref_means = mean_stats(ref_stats)
+    records = [
+        record(
+            "music",
+            REFERENCE,
+            key,
+            value,
+            "",
+            pieces=len(reference),
+            values=_rounded(ref_stats, key),
+            via=engine,
+        )
+        for key, value in ref_means.items()
+    ]
+    records.append(
+        record("music", REFERENCE, "files", [str(p) for p in reference], "paths", pieces=len(reference))
+    )
+    for i, sampling in enumerate(chosen):
+        label = setting_label(sampling)
+        default = sampling == DEFAULT_SAMPLING
+        sampled = _sampled(n, cache_dir() / "bench-music" / f"sampled-{n}-{i}", sampling)
+        stats = midi_stats(sampled)
+        means = mean_stats(stats)
+        gaps = target_gaps(means, ref_means)
+        system = SAMPLED if default else f"sampled ({label})"
+        keys = {"pieces": len(sampled), "setting": label, "default": default}
+        for key, value in means.items():
             records.append(
-                record("music", system, key, value, "", pieces=len(paths), values=values, via=engine)
+                record(
+                    "music",
+                    system,
+                    key,
+                    value,
+                    "",
+                    values=_rounded(stats, key),
+                    via=engine,
+                    target_gap=gaps[key],
+                    **keys,
+                )
             )
-        records.append(record("music", system, "files", [str(p) for p in paths], "paths", pieces=len(paths)))
+        records.append(record("music", system, "files", [str(p) for p in sampled], "paths", **keys))
     return records
+
+
+def _rounded(stats: Sequence[dict[str, float]], key: str) -> list[float]:
+    return [round(s[key], 6) for s in stats]
 
 
 def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
     table: dict[str, dict[str, Any]] = {}
+    gaps: dict[str, dict[str, float]] = {}
     for r in records:
         if r["metric"] in STATS:
             row = table.setdefault(r["system"], {"system": r["system"], "pieces": r["pieces"]})
             row[r["metric"]] = r["value"]
+            if "target_gap" in r:
+                gaps.setdefault(r.get("setting", r["system"]), {})[r["metric"]] = r["target_gap"]
+                row["setting"] = r.get("setting", "")
+                row["default"] = "yes" if r.get("default") else ""
+    for row in table.values():
+        got = gaps.get(row.get("setting", row["system"]))
+        if got:
+            row["worst_gap"] = round(max(got.values()), 3)
+            row["within_targets"] = "yes" if max(got.values()) <= 1 else "no"
     via = next((r.get("via") for r in records if r.get("via")), "numpy")
-    return [
+    lines = [
         "Means over pieces (MusPy's definitions; computed with "
         f"{'MusPy' if via == 'muspy' else 'the numpy implementation, MusPy not installed'}; the empty-beat "
         "rate is ours: see `gramophone/bench/music_stats.py`). Sampled pieces: the bundled model, "
-        "seed 0, masked decoding at temperature 1.",
+        "seed 0, masked decoding, one row per sampling setting (`default`: the decode default). "
+        "`worst_gap`: the largest distance from the held-out chorales as a share of its target "
+        "(pitch-class entropy and scale consistency within 10%, polyphony within 15%, empty-beat "
+        "rate within 0.03): at most 1 is within every target.",
         "",
-        *markdown_table(table.values(), ["system", "pieces", *STATS]),
+        *markdown_table(
+            table.values(), ["system", "setting", "default", "pieces", *STATS, "worst_gap", "within_targets"]
+        ),
     ]
+    if gaps:
+        lines += ["", f"Smallest worst gap in this run: {best_setting(gaps)}."]
+    return lines
 
 
 def plots(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
@@ -210,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (and its table, printed) into ``DIR`` (docs/ for the README's)."""
     parser = argparse.ArgumentParser(prog="python -m gramophone.bench.music", description=main.__doc__)
     parser.add_argument("--out", required=True, type=Path, help="folder for the two PNG files")
-    parser.add_argument("--num", type=int, default=16, help="pieces per set (default 16)")
+    parser.add_argument("--num", type=int, default=32, help="pieces per set (default 32)")
     args = parser.parse_args(argv)
     import tempfile
 

@@ -32,7 +32,7 @@ from gramophone.decoding.framing import decoding_automaton
 from gramophone.decoding.infill import InfillPlan, parse_infill, plan_infill
 from gramophone.decoding.loop import DecodeRequest, DecodeResult, backend_model, sample_numpy
 from gramophone.decoding.prompt import PreparedPrompt, prepare_prompt
-from gramophone.decoding.rules import INF, Sampling
+from gramophone.decoding.rules import DEFAULT_SAMPLING, INF, Sampling
 from gramophone.decoding.tables import DecodingTables, decoding_tables
 from gramophone.errors import DecodingError
 
@@ -279,7 +279,7 @@ class DecodeOptions:
     num: int = 4
     max_tokens: int | None = None
     seed: int = 0
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: Sampling = DEFAULT_SAMPLING
     prompt: Path | None = None
     bars: int | None = None
     audio: bool = True

@@ -51,7 +51,7 @@ import numpy as np
 
 from gramophone.errors import DecodingError
 
-__all__ = ["FMAX", "INF", "Sampling"]
+__all__ = ["DEFAULT_SAMPLING", "FMAX", "INF", "Sampling"]
 
 INF = 1 << 30
 """Distance of a state that cannot reach acceptance (and of the dead state)."""
@@ -96,3 +96,10 @@ class Sampling:
     @property
     def uses_top_p(self) -> bool:
         return not self.greedy and self.top_p is not None and self.top_p < 1.0
+
+
+#: The decode default (``gramophone decode`` with no --temperature/--top-k/--top-p, and
+#: :class:`~gramophone.decoding.DecodeOptions`), chosen by measurement with the bundled
+#: model: of the settings ``gramophone bench --only music`` compares, the one whose
+#: sampled pieces land nearest the held-out chorales (README, "Default sampling").
+DEFAULT_SAMPLING = Sampling()
