@@ -82,11 +82,32 @@ def temp_path_for(dest: Path) -> Path:
     return Path(name)
 
 
+@functools.cache
+def _new_file_mode() -> int:
+    """The mode :func:`open` gives a new file: 0o666 less the process's umask (read once;
+    :func:`os.umask` can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def give_mode(tmp: Path, dest: Path) -> None:
+    """Before ``tmp`` (a private temporary file) replaces ``dest``: the mode of the
+    ``dest`` it replaces, or that a plain ``open`` gives a new file under the umask."""
+    try:
+        mode = dest.stat().st_mode & 0o7777
+    except OSError:
+        mode = _new_file_mode()
+    os.chmod(tmp, mode)
+
+
 def atomic_write(dest: str | os.PathLike[str], content: bytes | str | Callable[[Path], object]) -> Path:
     """Write ``dest`` whole or not at all: ``content`` (bytes, UTF-8 text, or
     ``writer(tmp_path)`` that fills a temporary path) into a temporary file next to it,
     fsync, :func:`os.replace`. On any exception (Ctrl-C included) the temporary file is
-    removed and ``dest`` is untouched. Returns ``dest``."""
+    removed and ``dest`` is untouched. The file gets the mode a plain ``open`` would give
+    it (the temporary file is private until then), or keeps the mode of the ``dest`` it
+    replaces. Returns ``dest``."""
     dest = Path(dest)
     tmp = temp_path_for(dest)
     try:
@@ -96,6 +117,7 @@ def atomic_write(dest: str | os.PathLike[str], content: bytes | str | Callable[[
             tmp.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        give_mode(tmp, dest)
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):

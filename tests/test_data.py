@@ -93,6 +93,31 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path, monkeypatch: pyt
     assert sorted(p.name for p in dest.parent.iterdir()) == ["x.mid"]
 
 
+def test_atomic_write_gives_the_mode_open_would(tmp_path: Path) -> None:
+    """Files written atomically (decode's MIDI, WAV, index.html; exported models) get the
+    mode a plain ``open`` gives under the umask, not the temporary file's private 0600; a
+    replaced file keeps its own mode."""
+    mask = os.umask(0o027)
+    try:
+        from gramophone import _files
+
+        _files._new_file_mode.cache_clear()
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        new = _files.atomic_write(tmp_path / "new.html", "<html></html>")
+        assert new.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o640
+        new.chmod(0o604)
+        _files.atomic_write(new, "<html>again</html>")
+        assert new.stat().st_mode & 0o777 == 0o604
+        from gramophone.tokenizers import _atomic_write  # token files: several at once
+
+        _atomic_write({tmp_path / "a.json": "[]", tmp_path / "a.txt": ""})
+        assert {(tmp_path / n).stat().st_mode & 0o777 for n in ("a.json", "a.txt")} == {0o640}
+    finally:
+        os.umask(mask)
+        _files._new_file_mode.cache_clear()
+
+
 def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
     old, fresh = tmp_path / "a" / ".x.mid.1.tmp", tmp_path / ".y.mid.2.tmp"
     old.parent.mkdir()

@@ -45,6 +45,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gramophone._files import give_mode
 from gramophone.errors import TokenFileError
 
 if TYPE_CHECKING:
@@ -381,6 +382,7 @@ def _atomic_write(writers: dict[Path, str | Callable[[Path], None]]) -> None:
             if not isinstance(content, str):
                 content(Path(tmp_name))
         for target, tmp in temps:
+            give_mode(tmp, target)
             os.replace(tmp, target)
             done.append(target)
     except BaseException as exc:  # a write error, or interrupted (Ctrl-C): no file, no partial set
