@@ -164,3 +164,17 @@ def test_a_fim_trained_model_infills_through_the_suffix(
         assert_infilled(
             list(ids), piece, plan, learned_vocab(tokenizer_for("shipped")), summary["max_tokens"]
         )
+    # The benchmark's infill validity (free and masked) runs the same code: under the mask
+    # every infill is finished, keeps the bars and is valid by miditok, whatever the model.
+    from gramophone.bench.infill import holes, infill_validity
+    from gramophone.data import load_dataset
+    from gramophone.decoding.driver import load_model
+    from gramophone.decoding.rules import Sampling
+
+    loaded = load_model("torch", run / "model")
+    data = load_dataset(loaded.tokenizer, progress=False)
+    cases = holes(data["test"], data.vocab, loaded.config.max_len, 3)
+    got = infill_validity(loaded, cases, Sampling())
+    assert got["masked"] == {"valid": 1.0, "finished": 1.0, "exact_bars": 1.0, "n": len(cases)}
+    assert got["free"]["n"] == len(cases) == 3
+    assert 0.0 <= got["free"]["valid"] <= got["free"]["exact_bars"] <= got["free"]["finished"] <= 1.0

@@ -28,7 +28,7 @@ import numpy as np
 
 from gramophone.bench.common import markdown_table, record
 
-__all__ = ["Hole", "holes", "infill_nll", "markdown", "run"]
+__all__ = ["Hole", "holes", "infill_nll", "infill_validity", "markdown", "run"]
 
 BENCH = "infill"
 AROUND = 4  # bars kept on each side of a hole, at most
@@ -120,12 +120,75 @@ def _checkpoints() -> dict[str, Path | None]:
     return out
 
 
+def infill_validity(
+    loaded: Any, cases: Sequence[Hole], sampling: Any, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Infill each hole once freely (no automaton) and once under the mask, through the
+    code ``gramophone decode --infill`` runs (:func:`~gramophone.decoding.infill.plan_infill`,
+    :func:`~gramophone.decoding.driver.prepare_infill`, the backend's loop), and judge the
+    spliced pieces without the automaton. Per mode: ``valid`` (the share that is finished,
+    keeps the piece's number of bars and that :func:`gramophone.bench.validity.judge` finds
+    valid), with ``finished`` (the middle ended with EOS within the budget) and
+    ``exact_bars`` (finished with exactly the hole's bars) apart; ``n``: holes infilled
+    (a hole whose excerpt is not a complete valid piece is left out)."""
+    from gramophone.bench.validity import judge
+    from gramophone.decoding.driver import prepare_infill, sampler_for
+    from gramophone.decoding.infill import plan_infill
+    from gramophone.decoding.loop import DecodeRequest
+    from gramophone.errors import DecodingError
+    from gramophone.tokenizers.learned import learned_vocab
+
+    tok = loaded.tokenizer
+    learned = learned_vocab(tok)
+    vocab = list(loaded.automaton.vocab)
+    bar_id, eos = vocab.index("Bar_None"), vocab.index("EOS_None")
+    sees_suffix = loaded.train is not None and loaded.train.fim_rate > 0
+    sample = sampler_for(loaded.backend, loaded.params)
+    tallies = {mode: {"valid": 0, "finished": 0, "exact_bars": 0} for mode in ("free", "masked")}
+    n = 0
+    for i, h in enumerate(cases):
+        piece = [*h.before, *h.middle, *h.after, eos]
+        first = h.before.count(bar_id)
+        last = first + h.middle.count(bar_id)
+        try:
+            plan = plan_infill(piece, loaded.automaton, learned, (first, last))
+            tables, prompt, _, loop_budget = prepare_infill(
+                loaded.automaton, plan, None, loaded.config.max_len, learned=learned, sees_suffix=sees_suffix
+            )
+        except DecodingError:
+            continue
+        n += 1
+        context = len(prompt.ids) - len(plan.prefix)
+        for mode, tally in tallies.items():
+            request = DecodeRequest(
+                prompt.ids,
+                prompt.state,
+                1,
+                loop_budget,
+                sampling,
+                seed=seed + i,
+                constrained=mode == "masked",
+            )
+            stream = [int(t) for t in sample(tables, request).streams()[0]][context:]
+            if stream[-1:] != [eos]:
+                continue
+            tally["finished"] += 1
+            spliced = plan.splice(stream)
+            if spliced.count(bar_id) != piece.count(bar_id):
+                continue
+            tally["exact_bars"] += 1
+            tally["valid"] += judge(tok, spliced).valid
+    return {mode: {**{k: v / max(n, 1) for k, v in t.items()}, "n": n} for mode, t in tallies.items()}
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     from gramophone.data import load_dataset
     from gramophone.decoding.driver import load_model
+    from gramophone.decoding.rules import DEFAULT_SAMPLING
 
     records: list[dict[str, Any]] = []
     count = 40 if quick else 300
+    sampled = 8 if quick else 100
     for name, path in _checkpoints().items():
         loaded = load_model("torch", path)
         data = load_dataset(loaded.tokenizer, progress=False)
@@ -142,16 +205,45 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 record(BENCH, name, "gain_nats", got["prefix_nll"] - got["both_nll"], "nats/token", **extra)
             )
             records.append(record(BENCH, name, "closing_eos_nll", got["eos_nll"], "nats", **extra))
+        valid = infill_validity(loaded, cases[:sampled], DEFAULT_SAMPLING)
+        for mode, v in valid.items():
+            records.append(
+                record(
+                    "infill_validity",
+                    name,
+                    "valid_fraction",
+                    v["valid"],
+                    "fraction",
+                    sampling=mode,
+                    n=int(v["n"]),
+                    finished_fraction=v["finished"],
+                    exact_bars_fraction=v["exact_bars"],
+                    fim_rate=rate,
+                )
+            )
     return records
 
 
 def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
+    nll = [r for r in records if r["benchmark"] == BENCH]
+    valid = [r for r in records if r["benchmark"] == "infill_validity"]
     lines = [
         "NLL (nats/token) of held-out chorale bars (1-2 bar holes, up to 4 bars kept on each side) "
         "given the bars before them only, and, for a model trained in fill-in-the-middle order, "
         "given both sides.",
         "",
+        *markdown_table(nll, ["system", "metric", "value", "unit", "holes", "tokens", "fim_rate"]),
     ]
-    return lines + markdown_table(
-        records, ["system", "metric", "value", "unit", "holes", "tokens", "fim_rate"]
-    )
+    if valid:
+        lines += [
+            "",
+            "Infilled pieces (the first holes above, one infill each at the default sampling "
+            "settings, through `decode --infill`'s code), freely and under the mask: `value` is "
+            "the share that ends within the budget, keeps the piece's number of bars and is "
+            "valid by miditok's `tokens_errors` and the bar checks (never the automaton).",
+            "",
+            *markdown_table(
+                valid, ["system", "sampling", "n", "value", "finished_fraction", "exact_bars_fraction"]
+            ),
+        ]
+    return lines
