@@ -925,6 +925,31 @@ def test_cli_decode_writes_valid_pieces(
     assert main(["check", str(out / "piece-000.json"), str(out / "piece-001.txt")]) == 0
 
 
+@pytest.mark.parametrize(
+    ("given", "changed"),
+    [([], {}), (["--temperature", "0.5"], {"temperature": 0.5}), (["--top-p", "1"], {"top_p": 1.0})],
+)
+def test_cli_decode_sampling_defaults(
+    checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    given: list[str],
+    changed: dict[str, float],
+) -> None:
+    """A setting not given keeps the measured default (DEFAULT_SAMPLING); one given
+    replaces only itself."""
+    import dataclasses
+
+    from gramophone.decoding.rules import DEFAULT_SAMPLING
+
+    out = tmp_path / "out"
+    args = [*BASE, str(checkpoint), "--num", "1", "--max-tokens", "24", "--formats", "tokens", *given]
+    code, _, err = decode_cli([*args, "--out", str(out)], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sampling"] == {**dataclasses.asdict(DEFAULT_SAMPLING), **changed}
+
+
 def test_cli_decode_without_fluidsynth_still_writes_the_rest(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
