@@ -1,10 +1,13 @@
 """Sampled pieces next to the chorales: the four statistics and two pictures.
 
-``gramophone bench --only music`` (this section) decodes ``n`` pieces with the bundled
-model (torch, seed 0, as ``gramophone decode --backend torch --num n --formats midi``),
-takes the first ``n`` chorales of the held-out test split, and records for each set the
-mean of each statistic of :mod:`gramophone.bench.music_stats` (MusPy's definitions) with
-the per-piece values. Its plots are the two pictures of the README:
+``gramophone bench --only music`` (this section) decodes 32 pieces with the bundled model
+at each sampling setting of :func:`settings` (torch, seed 0, as ``gramophone decode
+--backend torch --num 32 --formats midi``), takes every chorale of the held-out test split,
+and records for each set the mean of each statistic of :mod:`gramophone.bench.music_stats`
+(MusPy's definitions) with the per-piece values, and each sampled set's distance from the
+chorales against issue 11's targets (:func:`target_gaps`); the decode default
+(:data:`~gramophone.decoding.rules.DEFAULT_SAMPLING`) was chosen with :func:`best_setting`.
+Its plots, drawn for the default setting, are the two pictures of the README:
 
 * :func:`stats_picture`: pitch-class histograms of both sets side by side, and the four
   statistics as box plots (``music-stats.png``);
@@ -12,7 +15,8 @@ the per-piece values. Its plots are the two pictures of the README:
   and pitch scale (``sampled-vs-chorale.png``).
 
 Both take MIDI files, so any two sets can be compared. ``python -m gramophone.bench.music
---out docs`` regenerates the README's pictures (``--num 16``).
+--out DIR`` draws the two pictures alone (``--num 32``); the README's are those of the
+committed run, ``benchmarks/results/model/``.
 """
 
 from __future__ import annotations

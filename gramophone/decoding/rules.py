@@ -102,4 +102,4 @@ class Sampling:
 #: :class:`~gramophone.decoding.DecodeOptions`), chosen by measurement with the bundled
 #: model: of the settings ``gramophone bench --only music`` compares, the one whose
 #: sampled pieces land nearest the held-out chorales (README, "Default sampling").
-DEFAULT_SAMPLING = Sampling()
+DEFAULT_SAMPLING = Sampling(top_p=0.95)
