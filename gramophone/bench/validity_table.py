@@ -251,7 +251,8 @@ def run_models(
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[list[int]]]]]:
     """The validity rows of models trained elsewhere: ``models`` maps a row label to
     ``(backend, model folder)`` (an hf run's ``model/``; its validation metrics are read
-    from the run's ``eval.json`` beside it when there is one). Returns the records and,
+    from the run's ``eval.json`` beside it when there is one, else from the checkpoint's
+    meta, as an exported model keeps them). Returns the records and,
     per label, the sampled streams by mode (``free``, ``masked``)."""
     from gramophone.backends import get_backend
     from gramophone.models import load_checkpoint
@@ -262,7 +263,10 @@ def run_models(
         be = get_backend(backend)
         loaded = load_checkpoint(be, folder)
         report = Path(folder).parent / "eval.json"
-        val = json.loads(report.read_text())["validation"] if report.is_file() else None
+        if report.is_file():
+            val = json.loads(report.read_text())["validation"]
+        else:  # an exported model (the bundled one) keeps its figures in its meta
+            val = loaded.meta.get("evaluation", {}).get("validation")
         system = "gramophone-" + backend
         got, streams[label] = _model_rows(label, system, be, loaded.params, val, n=n, budget=budget)
         records.extend(got)
