@@ -116,3 +116,20 @@ def test_full_table_reuses_the_bundled_model_only_for_its_own_recipe() -> None:
     assert validity_table._bundled_if_same(own, "torch", other) is None
     longer = {**own, "train": {**own["train"], "total_steps": own["train"]["total_steps"] + 1}}
     assert validity_table._bundled_if_same(longer, "torch", info.train.loss) is None
+
+
+def test_rows_of_an_exported_model_carry_its_validation_figures() -> None:
+    """An exported model (the bundled one) has no run's eval.json beside it: its rows take
+    the validation figures from the checkpoint's meta; masked sampling is valid."""
+    from gramophone.backends.checkpoint import read_info
+    from gramophone.bench import validity_table
+    from gramophone.models import bundled_checkpoint_path
+
+    records, streams = validity_table.run_models(
+        {"bundled": ("torch", bundled_checkpoint_path())}, n=2, budget=48
+    )
+    want = read_info(bundled_checkpoint_path()).meta["evaluation"]["validation"]
+    rows = {r["sampling"]: r for r in records if r["benchmark"] == "validity"}
+    assert set(rows) == {"free", "masked"} and len(streams["bundled"]["masked"]) == 2
+    assert all(r["validation_nll"] == round(want["nll"], 4) for r in rows.values())
+    assert rows["masked"]["value"] == 1.0
