@@ -624,3 +624,12 @@ def test_ctrl_c_during_training(tmp_path: Path, inputs: dict[str, Path]) -> None
         info = ckpt.read_info(step)
         for name in info.files:
             assert ckpt.file_path(info, name) is not None
+
+
+def test_train_help_names_every_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    from gramophone.backends.config import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in PRESETS)
