@@ -210,6 +210,25 @@ class Preset:
         return ModelConfig(vocab_size=vocab_size, **{**self.model, **overrides})
 
 
+_CHORALES_SHAPE: Mapping[str, Any] = {
+    "d_model": 128,
+    "n_layers": 4,
+    "n_heads": 4,
+    "d_ff": 512,
+    "max_len": 512,
+    "dropout": 0.1,
+}
+_CHORALES_TRAIN = TrainConfig(
+    lr=1e-3,
+    warmup_steps=50,
+    total_steps=800,
+    batch_size=8,
+    seq_len=512,
+    label_smoothing=0.0,
+    loss="ce+structural",
+    structural_weight=1.0,
+)
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
@@ -221,24 +240,11 @@ PRESETS: dict[str, Preset] = {
         model={"d_model": 256, "n_layers": 4, "n_heads": 4, "d_ff": 1024, "max_len": 512},
         train=TrainConfig(),
     ),
-    # The bundled model (gramophone/models/bundled): ~0.85M parameters (3.4 MB of float32),
-    # sized for ~35 minutes of training on two shared CPU cores (~3.3M tokens). No label
-    # smoothing: smoothing over the whole vocabulary puts mass on forbidden tokens, which is
-    # exactly what the structural term removes (see the training notes in the README).
-    "chorales": Preset(
-        name="chorales",
-        model={"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 512, "max_len": 512, "dropout": 0.1},
-        train=TrainConfig(
-            lr=1e-3,
-            warmup_steps=50,
-            total_steps=800,
-            batch_size=8,
-            seq_len=512,
-            label_smoothing=0.0,
-            loss="ce+structural",
-            structural_weight=1.0,
-        ),
-    ),
+    # The bundled model's shape: ~0.85M parameters (3.4 MB of float32), sized for ~35 minutes
+    # of training on two shared CPU cores (~3.3M tokens). No label smoothing: smoothing over
+    # the whole vocabulary puts mass on forbidden tokens, which is exactly what the
+    # structural term removes (see the training notes in the README).
+    "chorales": Preset(name="chorales", model=_CHORALES_SHAPE, train=_CHORALES_TRAIN),
     # The bundled model's recipe (gramophone/models/bundled, scripts/train_bundled.sh): the
     # `chorales` shape trained long enough to use its context (issue 11). 800 updates left it
     # undertrained (Pitch NLL ~3.0 nats, barely better with 512 tokens of context than with
@@ -247,18 +253,8 @@ PRESETS: dict[str, Preset] = {
     # fill-in-the-middle order (gramophone.data.fim) so that --infill sees both sides.
     "chorales-long": Preset(
         name="chorales-long",
-        model={"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 512, "max_len": 512, "dropout": 0.1},
-        train=TrainConfig(
-            lr=1e-3,
-            warmup_steps=100,
-            total_steps=4000,
-            batch_size=8,
-            seq_len=512,
-            label_smoothing=0.0,
-            loss="ce+structural",
-            structural_weight=1.0,
-            fim_rate=0.5,
-        ),
+        model=_CHORALES_SHAPE,
+        train=_CHORALES_TRAIN.replace(warmup_steps=100, total_steps=4000, fim_rate=0.5),
     ),
 }
 
