@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import scheme_helpers as helpers
 from tests.conftest import ALL_CONFIGS, automaton_for, tokenizer_for
 from tests.profiles import scaled
 from tests.reference import miditok_errors
@@ -18,17 +19,7 @@ pytestmark = pytest.mark.slow
 
 @cache
 def corpus_streams(name: str) -> tuple[tuple[int, ...], ...]:
-    from symusic import Score
-
-    from gramophone.data import chorale_midis
-    from gramophone.tokenizers import encode_score
-
-    tok = tokenizer_for(name)
-    out = []
-    for path in chorale_midis(progress=False):
-        for ids in encode_score(tok, Score(str(path))):
-            out.append(tuple(ids))
-    return tuple(out)
+    return helpers.encode_chorales(tokenizer_for(name))
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
@@ -53,22 +44,9 @@ def test_corruptions_miditok_flags_are_rejected(name: str, data: st.DataObject) 
     auto = automaton_for(name)
     streams = corpus_streams(name)
     ids = list(data.draw(st.sampled_from(streams)))
-    vocab_size = len(auto.vocab)
-    specials = {i for i, t in enumerate(auto.vocab) if t.split("_")[0] in ("PAD", "BOS", "EOS", "MASK")}
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(0, len(ids) - 1))
-        op = data.draw(st.sampled_from(["replace", "insert", "delete", "duplicate"]))
-        tok = data.draw(st.integers(0, vocab_size - 1).filter(lambda t: t not in specials))
-        if op == "replace":
-            ids[i] = tok
-        elif op == "insert":
-            ids.insert(i, tok)
-        elif op == "delete" and len(ids) > 1:
-            del ids[i]
-        else:  # duplicate a note (Pitch Velocity Duration) in place, a classic model error
-            j = next((k for k in range(i, len(ids)) if auto.vocab[ids[k]].startswith("Pitch_")), None)
-            if j is not None and j + 3 <= len(ids):
-                ids[j + 3 : j + 3] = ids[j : j + 3]
+    ops = ["replace", "insert", "delete", "duplicate"]
+    duplicate = helpers.note_duplicator(auto.vocab, 3)  # a note: Pitch Velocity Duration
+    helpers.corrupt(data, ids, auto.vocab, ops, duplicate)
     if miditok_errors(tokenizer_for(name), ids) > 0:
         assert not auto.accepts(ids)
 

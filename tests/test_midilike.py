@@ -5,22 +5,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import re
 from collections.abc import Iterator
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.lark import from_lark
 
 from gramophone import UnsupportedConfigError
 from gramophone.grammar import REJECT, Automaton, Component, fsa
 from gramophone.grammar.midilike import MidiLikeGrammar, derive
 from gramophone.grammar.schemes import base_vocab, compile_scheme, compile_tokenizer
-from tests.reference import miditok_errors, pruned_lark
+from tests import scheme_helpers as helpers
+from tests.reference import miditok_errors
 from tests.reference_midilike import lark_accepts, reference_accepts, type_graph_errors
 
 _SMALL: dict[str, Any] = {
@@ -296,20 +295,7 @@ def test_default_config_sizes() -> None:
 # -- property 1: lark's language -----------------------------------------------------------
 @cache
 def lark_strategy(name: str) -> st.SearchStrategy[str]:
-    """``from_lark`` on the derived grammar (rules needing absent terminals pruned), every
-    terminal drawing real vocabulary tokens (with a separating space)."""
-    grammar = grammar_for(name)
-    parser = pruned_lark(grammar.text, grammar.absent_terminals)
-    vocab = automaton_for(name).vocab
-    explicit: dict[str, st.SearchStrategy[str]] = {}
-    for term in parser.terminals:
-        if term.name in parser.ignore_tokens:
-            continue
-        rx = re.compile(term.pattern.to_regexp())
-        toks = [t for t in vocab if rx.fullmatch(t)]
-        assert toks, term.name
-        explicit[term.name] = st.sampled_from(toks).map(lambda t: t + " ")
-    return from_lark(parser, explicit=explicit)
+    return helpers.lark_streams(grammar_for(name), automaton_for(name).vocab)
 
 
 @pytest.mark.parametrize("name", ["combo", "combo-programs", "combo-bare"])
@@ -318,50 +304,21 @@ def lark_strategy(name: str) -> st.SearchStrategy[str]:
 def test_lark_generated_streams_pass_the_syntax_automaton(name: str, data: st.DataObject) -> None:
     """... and break no rule of miditok's type graph: the grammar file alone is never looser."""
     text = data.draw(lark_strategy(name))
-    auto = automaton_for(name)
-    tokens = text.split()
-    syntax = auto.components[0]
-    s = syntax.start
-    for t in ids_of(name, tokens):
-        s = syntax.transitions[s, t]
-        assert s != REJECT, text
-    assert syntax.accepting[s], text
+    tokens = helpers.assert_syntax_accepts(automaton_for(name), text)
     assert type_graph_errors(tokenizer_for(name), tokens) == 0, text
 
 
 # -- property 2: the automaton is lark x the references --------------------------------------
-def _mutate(draw: st.DrawFn, ids: list[int], vocab_size: int) -> list[int]:
-    ids = list(ids)
-    for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["replace", "insert", "delete", "swap"]))
-        i = draw(st.integers(0, max(0, len(ids) - 1)))
-        tok = draw(st.integers(0, vocab_size - 1))
-        if op == "replace" and ids:
-            ids[i] = tok
-        elif op == "insert":
-            ids.insert(i, tok)
-        elif op == "delete" and ids:
-            del ids[i]
-        elif op == "swap" and len(ids) > 1:
-            j = min(i + 1, len(ids) - 1)
-            ids[i], ids[j] = ids[j], ids[i]
-    return ids
-
-
-@st.composite
-def walk_or_mutation(draw: st.DrawFn, name: str) -> list[int]:
-    seed = draw(st.integers(0, 2**32 - 1))
-    ids = walk(name, np.random.default_rng(seed), draw(st.integers(0, 30)), eos=draw(st.booleans()))
-    if draw(st.booleans()):
-        ids = _mutate(draw, ids, len(automaton_for(name).vocab))
-    return ids
+def _walk_or_mutation(name: str) -> st.SearchStrategy[list[int]]:
+    edits = partial(helpers.mutate, vocab_size=len(automaton_for(name).vocab))
+    return helpers.walk_or_mutation(partial(walk, name), 30, edits)
 
 
 @pytest.mark.parametrize("name", ORACLE)
 @settings()
 @given(data=st.data())
 def test_automaton_accepts_iff_lark_and_references_accept(name: str, data: st.DataObject) -> None:
-    ids = data.draw(walk_or_mutation(name))
+    ids = data.draw(_walk_or_mutation(name))
     auto = automaton_for(name)
     tokens = [auto.vocab[i] for i in ids]
     assert auto.accepts(ids) == ref_accepts(name, tokens), tokens
@@ -463,12 +420,7 @@ def test_masks_after_a_note_on() -> None:
 def test_special_tokens() -> None:
     auto = automaton_for("default")
     body = ids_of("default", ["TimeSig_4/4", "NoteOn_60", "Velocity_63", "TimeShift_1.0.8", "NoteOff_60"])
-    bos, eos, pad = (auto.token_index[t] for t in ("BOS_None", "EOS_None", "PAD_None"))
-    assert auto.accepts([bos, *body, eos, pad, pad])
-    assert auto.accepts(body) and auto.accepts([bos, *body])
-    assert not auto.accepts([*body, bos])
-    assert not auto.accepts([bos, *body[:-1], eos])  # EOS only when every note is closed
-    assert not auto.accepts([bos, *body, pad])
+    bos, eos, _ = helpers.assert_special_tokens(auto, body)  # body[:-1] leaves a note open: no EOS there
     assert not auto.accepts([bos, eos])
 
 
@@ -498,13 +450,7 @@ def test_no_dead_ends_in_the_syntax_x_counter_product(name: str) -> None:
 
 
 def check_full_product(auto: Automaton) -> None:
-    T, acc, _, states = fsa.product(
-        [c.transitions for c in auto.components],
-        [c.accepting for c in auto.components],
-        [c.start for c in auto.components],
-    )
-    assert (acc | (T != REJECT).any(axis=1)).all()
-    assert fsa.coreachable(T, acc).all(), "some reachable state cannot reach acceptance"
+    T, acc, states = helpers.assert_no_dead_ends(auto)
     full = fsa.distance_to_accept(T, acc)
     _, dist2, index, _ = product_of_syntax_and_counter(auto)
     k = [c.name for c in auto.components].index("open-notes")
@@ -528,13 +474,10 @@ def test_no_dead_ends_along_long_walks(name: str, seed: int, length: int) -> Non
 @given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 100))
 def test_random_walks_have_no_miditok_errors_and_decode(name: str, seed: int, length: int) -> None:
     auto = automaton_for(name)
-    tok = tokenizer_for(name)
     ids = walk(name, np.random.default_rng(seed), length)
-    assert errors(tok, ids) == 0.0, [auto.vocab[i] for i in ids]
-    specials = {tok.vocab[t] for t in tok.special_tokens}
-    body = [i for i in ids if i not in specials]
-    score = decode(tok, body)
-    assert score.dumps_midi()[:4] == b"MThd"
+    body, score = helpers.assert_decodes_without_errors(
+        auto, tokenizer_for(name), ids, errors=errors, decode=decode
+    )
     ons = sum(1 for i in body if auto.vocab[i].split("_")[0] in ("NoteOn", "DrumOn"))
     assert sum(len(track.notes) for track in score.tracks) == ons  # every note is decoded
 
@@ -542,14 +485,7 @@ def test_random_walks_have_no_miditok_errors_and_decode(name: str, seed: int, le
 # -- properties 5 and 6: real data ------------------------------------------------------------
 @cache
 def corpus_streams(name: str) -> tuple[tuple[int, ...], ...]:
-    from symusic import Score
-
-    from gramophone.data import chorale_midis
-    from gramophone.tokenizers import encode_score
-
-    tok = tokenizer_for(name)
-    scores = [Score(str(path)) for path in chorale_midis(progress=False)]
-    return tuple(tuple(ids) for score in scores for ids in encode_score(tok, score))  # type: ignore[arg-type]
+    return helpers.encode_chorales(tokenizer_for(name))
 
 
 def accepts_all(auto: Automaton, streams: tuple[tuple[int, ...], ...]) -> np.ndarray:
@@ -612,18 +548,9 @@ def test_corruptions_miditok_flags_are_rejected(name: str, data: st.DataObject) 
     auto = automaton_for(name)
     ids = list(data.draw(st.sampled_from(corpus_streams(name))))
     vocab = auto.vocab
-    specials = {i for i, t in enumerate(vocab) if t.split("_")[0] in ("PAD", "BOS", "EOS", "MASK")}
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(0, len(ids) - 1))
-        op = data.draw(st.sampled_from(["replace", "insert", "delete", "drop-kind", "duplicate-note"]))
-        tok = data.draw(st.integers(0, len(vocab) - 1).filter(lambda t: t not in specials))
-        if op == "replace":
-            ids[i] = tok
-        elif op == "insert":
-            ids.insert(i, tok)
-        elif op == "delete" and len(ids) > 1:
-            del ids[i]
-        elif op == "drop-kind":  # a model forgets a Velocity, a NoteOff, a Program ...
+
+    def drop_kind_or_strike_again(ids: list[int], op: str, i: int, tok: int) -> None:
+        if op == "drop-kind":  # a model forgets a Velocity, a NoteOff, a Program ...
             kind = vocab[tok].split("_")[0]
             j = next((k for k in range(i, len(ids)) if vocab[ids[k]].split("_")[0] == kind), None)
             if j is not None and len(ids) > 1:
@@ -632,6 +559,9 @@ def test_corruptions_miditok_flags_are_rejected(name: str, data: st.DataObject) 
             j = next((k for k in range(i, len(ids)) if vocab[ids[k]].split("_")[0] == "NoteOn"), None)
             if j is not None:
                 ids[j + 2 : j + 2] = ids[j : j + 2]
+
+    ops = ["replace", "insert", "delete", "drop-kind", "duplicate-note"]
+    helpers.corrupt(data, ids, vocab, ops, drop_kind_or_strike_again)
     if errors(tokenizer_for(name), ids) > 0:
         assert not auto.accepts(ids)
 

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.lark import from_lark
-from lark import Lark
 
 from gramophone import UnsupportedConfigError
-from gramophone.grammar import REJECT, compile_remi, derive, fsa
+from gramophone.grammar import compile_remi, derive
+from tests import scheme_helpers as helpers
 from tests.conftest import ALL_CONFIGS, automaton_for, grammar_for, tokenizer_for
 from tests.profiles import scaled
-from tests.reference import lark_accepts, miditok_errors, pruned_lark, reference_accepts
+from tests.reference import lark_accepts, miditok_errors, reference_accepts
 from tests.walks import random_walk
 
 # Configs whose dense product is small enough to explore exhaustively in the suite.
@@ -63,73 +63,26 @@ def test_compiles_and_caches(name: str) -> None:
 
 
 # -- property 1: lark's language ---------------------------------------------------------
-def _explicit(name: str, parser: Lark) -> dict[str, st.SearchStrategy[str]]:
-    """Every terminal draws real vocabulary tokens (with a separating space)."""
-    import re
-
-    vocab = automaton_for(name).vocab
-    out: dict[str, st.SearchStrategy[str]] = {}
-    for term in parser.terminals:
-        if term.name in parser.ignore_tokens:
-            continue
-        rx = re.compile(term.pattern.to_regexp())
-        toks = [t for t in vocab if rx.fullmatch(t)]
-        assert toks, term.name
-        out[term.name] = st.sampled_from(toks).map(lambda t: t + " ")
-    return out
-
-
 @pytest.mark.parametrize("name", ["shipped", "rests", "combo-rests-programs", "combo-controls", "combo-bare"])
 @settings(max_examples=scaled(30))
 @given(data=st.data())
 def test_lark_generated_streams_pass_the_syntax_automaton(name: str, data: st.DataObject) -> None:
-    grammar = grammar_for(name)
-    parser = pruned_lark(grammar.text, grammar.absent_terminals)
-    text = data.draw(from_lark(parser, explicit=_explicit(name, parser)))
+    text = data.draw(helpers.lark_streams(grammar_for(name), automaton_for(name).vocab))
+    helpers.assert_syntax_accepts(automaton_for(name), text)
+
+
+def _walk_or_mutation(name: str) -> st.SearchStrategy[list[int]]:
     auto = automaton_for(name)
-    ids = [auto.token_index[t] for t in text.split()]
-    syntax = auto.components[0]
-    s = syntax.start
-    for t in ids:
-        s = syntax.transitions[s, t]
-        assert s != REJECT, text
-    assert syntax.accepting[s], text
-
-
-def _mutate(draw: st.DrawFn, ids: list[int], vocab_size: int) -> list[int]:
-    ids = list(ids)
-    for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["replace", "insert", "delete", "swap"]))
-        i = draw(st.integers(0, max(0, len(ids) - 1)))
-        tok = draw(st.integers(0, vocab_size - 1))
-        if op == "replace" and ids:
-            ids[i] = tok
-        elif op == "insert":
-            ids.insert(i, tok)
-        elif op == "delete" and ids:
-            del ids[i]
-        elif op == "swap" and len(ids) > 1:
-            j = min(i + 1, len(ids) - 1)
-            ids[i], ids[j] = ids[j], ids[i]
-    return ids
-
-
-@st.composite
-def walk_or_mutation(draw: st.DrawFn, name: str) -> list[int]:
-    auto = automaton_for(name)
-    seed = draw(st.integers(0, 2**32 - 1))
-    length = draw(st.integers(0, 60))
-    ids = random_walk(auto, np.random.default_rng(seed), length, eos=draw(st.booleans()))
-    if draw(st.booleans()):
-        ids = _mutate(draw, ids, len(auto.vocab))
-    return ids
+    return helpers.walk_or_mutation(
+        partial(random_walk, auto), 60, partial(helpers.mutate, vocab_size=len(auto.vocab))
+    )
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 @settings(max_examples=scaled(60))
 @given(data=st.data())
 def test_automaton_accepts_iff_lark_and_references_accept(name: str, data: st.DataObject) -> None:
-    ids = data.draw(walk_or_mutation(name))
+    ids = data.draw(_walk_or_mutation(name))
     auto = automaton_for(name)
     tokens = [auto.vocab[i] for i in ids]
     assert auto.accepts(ids) == reference_accepts(grammar_for(name), tokens, tokenizer_for(name)), tokens
@@ -192,15 +145,7 @@ def test_rests_cross_bar_lines_without_bar_tokens() -> None:
 # -- property 3: no dead ends --------------------------------------------------------------
 @pytest.mark.parametrize("name", EXHAUSTIVE)
 def test_no_dead_ends_in_the_reachable_product(name: str) -> None:
-    auto = automaton_for(name)
-    T, acc, _, _ = fsa.product(
-        [c.transitions for c in auto.components],
-        [c.accepting for c in auto.components],
-        [c.start for c in auto.components],
-    )
-    has_move = (T != REJECT).any(axis=1)
-    assert (acc | has_move).all()
-    assert fsa.coreachable(T, acc).all(), "some reachable state cannot reach acceptance"
+    helpers.assert_no_dead_ends(automaton_for(name))
 
 
 @pytest.mark.parametrize("name", sorted(set(ALL_CONFIGS) - set(EXHAUSTIVE)))
@@ -236,16 +181,9 @@ def test_no_dead_end_after_a_programs_highest_pitch() -> None:
 @settings(max_examples=scaled(25))
 @given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 200))
 def test_random_walks_have_no_miditok_errors_and_decode(name: str, seed: int, length: int) -> None:
-    from gramophone.tokenizers import decode_ids
-
     auto = automaton_for(name)
-    tok = tokenizer_for(name)
     ids = random_walk(auto, np.random.default_rng(seed), length)
-    assert miditok_errors(tok, ids) == 0.0, [auto.vocab[i] for i in ids]
-    specials = {tok.vocab[t] for t in tok.special_tokens}
-    body = [i for i in ids if i not in specials]
-    score = decode_ids(tok, body)
-    assert score.dumps_midi()[:4] == b"MThd"
+    helpers.assert_decodes_without_errors(auto, tokenizer_for(name), ids)
 
 
 def test_special_tokens() -> None:
@@ -254,12 +192,7 @@ def test_special_tokens() -> None:
     body = [
         ix[t] for t in ["Bar_None", "TimeSig_4/4", "Position_0", "Pitch_60", "Velocity_63", "Duration_1.0.4"]
     ]
-    bos, eos, pad = ix["BOS_None"], ix["EOS_None"], ix["PAD_None"]
-    assert auto.accepts([bos, *body, eos, pad, pad])
-    assert auto.accepts(body) and auto.accepts([bos, *body])
-    assert not auto.accepts([*body, bos])  # BOS only first
-    assert not auto.accepts([bos, *body[:-1], eos])  # EOS only when accepting
-    assert not auto.accepts([bos, *body, pad])  # PAD only after EOS
+    bos, eos, _ = helpers.assert_special_tokens(auto, body)
     assert not auto.accepts([bos, *body, eos, *body])
 
 

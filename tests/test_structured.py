@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections import Counter
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from lark import Lark
 
 from gramophone import UnsupportedConfigError
-from gramophone.grammar import REJECT, Automaton, compile_tokenizer, derive, fsa
+from gramophone.grammar import Automaton, compile_tokenizer, derive
 from gramophone.grammar import structured as structured_scheme
+from tests import scheme_helpers as helpers
 from tests.reference_structured import (
     lark_accepts,
     miditok_errors,
     notes_of,
     order_ok,
-    pruned_lark,
     reference_accepts,
 )
 
@@ -225,28 +223,9 @@ def test_compiles_and_caches(name: str) -> None:
 
 
 # -- property 1: lark's language ---------------------------------------------------------
-def _explicit(name: str, parser: Lark) -> dict[str, st.SearchStrategy[str]]:
-    """Every terminal draws real vocabulary tokens (with a separating space)."""
-    vocab = automaton_for(name).vocab
-    out: dict[str, st.SearchStrategy[str]] = {}
-    for term in parser.terminals:
-        if term.name in parser.ignore_tokens:
-            continue
-        rx = re.compile(term.pattern.to_regexp())
-        toks = [t for t in vocab if rx.fullmatch(t)]
-        assert toks, term.name
-        out[term.name] = st.sampled_from(toks).map(lambda t: t + " ")
-    return out
-
-
 @cache
-def lark_streams(name: str) -> st.SearchStrategy[str]:
-    """Streams of the derived grammar drawn by ``hypothesis.extra.lark.from_lark``."""
-    from hypothesis.extra.lark import from_lark
-
-    grammar = grammar_for(name)
-    parser = pruned_lark(grammar.text, grammar.absent_terminals)
-    return from_lark(parser, explicit=_explicit(name, parser))
+def _lark_streams(name: str) -> st.SearchStrategy[str]:
+    return helpers.lark_streams(grammar_for(name), automaton_for(name).vocab)
 
 
 @pytest.mark.parametrize(
@@ -254,14 +233,8 @@ def lark_streams(name: str) -> st.SearchStrategy[str]:
 )
 @given(data=st.data())
 def test_lark_generated_streams_pass_the_syntax_automaton(name: str, data: st.DataObject) -> None:
-    text = data.draw(lark_streams(name))
-    auto = automaton_for(name)
-    syntax = auto.components[0]
-    s = syntax.start
-    for t in ids_of(auto, text.split()):
-        s = syntax.transitions[s, t]
-        assert s != REJECT, text
-    assert syntax.accepting[s], text
+    text = data.draw(_lark_streams(name))
+    helpers.assert_syntax_accepts(automaton_for(name), text)
 
 
 # -- property 2: the automaton agrees with lark + the plain-Python reference ---------------
@@ -272,19 +245,12 @@ def mutation(draw: st.DrawFn, ids: list[int], vocab: tuple[str, ...]) -> list[in
     ids = list(ids)
     zero = vocab.index(ZERO_SHIFT)
     for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["replace", "insert", "delete", "swap", "duplicate", "exchange"]))
+        op = draw(st.sampled_from([*helpers.EDITS, "duplicate", "exchange"]))
         i = draw(st.integers(0, max(0, len(ids) - 1)))
         tok = draw(st.integers(0, len(vocab) - 1))
         shifts = [k for k, t in enumerate(ids) if vocab[t].startswith("TimeShift_")]
-        if op == "replace" and ids:
-            ids[i] = tok
-        elif op == "insert":
-            ids.insert(i, tok)
-        elif op == "delete" and ids:
-            del ids[i]
-        elif op == "swap" and len(ids) > 1:
-            j = min(i + 1, len(ids) - 1)
-            ids[i], ids[j] = ids[j], ids[i]
+        if op in helpers.EDITS:
+            helpers.edit(ids, op, i, tok)
         elif op == "duplicate" and shifts:
             k = draw(st.sampled_from(shifts))
             end = next((m for m in shifts if m > k), len(ids))
@@ -298,21 +264,17 @@ def mutation(draw: st.DrawFn, ids: list[int], vocab: tuple[str, ...]) -> list[in
     return ids
 
 
-@st.composite
-def walk_or_mutation(draw: st.DrawFn, name: str) -> list[int]:
+def _walk_or_mutation(name: str) -> st.SearchStrategy[list[int]]:
     auto = automaton_for(name)
-    seed = draw(st.integers(0, 2**32 - 1))
-    length = draw(st.integers(0, 60))
-    ids = random_walk(auto, np.random.default_rng(seed), length, eos=draw(st.booleans()))
-    if draw(st.booleans()):
-        ids = draw(mutation(ids, auto.vocab))
-    return ids
+    return helpers.walk_or_mutation(
+        partial(random_walk, auto), 60, lambda draw, ids: draw(mutation(ids, auto.vocab))
+    )
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 @given(data=st.data())
 def test_automaton_accepts_iff_lark_and_references_accept(name: str, data: st.DataObject) -> None:
-    ids = data.draw(walk_or_mutation(name))
+    ids = data.draw(_walk_or_mutation(name))
     auto = automaton_for(name)
     tokens = [auto.vocab[i] for i in ids]
     assert auto.accepts(ids) == reference_accepts(grammar_for(name), tokens), tokens
@@ -364,15 +326,7 @@ def test_note_order_examples() -> None:
 # -- property 3: no dead ends --------------------------------------------------------------
 @pytest.mark.parametrize("name", EXHAUSTIVE)
 def test_no_dead_ends_in_the_reachable_product(name: str) -> None:
-    auto = automaton_for(name)
-    T, acc, _, _ = fsa.product(
-        [c.transitions for c in auto.components],
-        [c.accepting for c in auto.components],
-        [c.start for c in auto.components],
-    )
-    has_move = (T != REJECT).any(axis=1)
-    assert (acc | has_move).all()
-    assert fsa.coreachable(T, acc).all(), "some reachable state cannot reach acceptance"
+    helpers.assert_no_dead_ends(automaton_for(name))
 
 
 @pytest.mark.parametrize("name", sorted(set(ALL_CONFIGS) - set(EXHAUSTIVE)))
@@ -500,14 +454,8 @@ def runs_at_onsets(tokens: list[str]) -> list[tuple[str, list[list[tuple[str, ..
 
 def test_special_tokens() -> None:
     auto = automaton_for("default")
-    ix = auto.token_index
     body = ids_of(auto, note("Pitch_60", shift="TimeShift_0.2.8"))
-    bos, eos, pad = ix["BOS_None"], ix["EOS_None"], ix["PAD_None"]
-    assert auto.accepts([bos, *body, eos, pad, pad])
-    assert auto.accepts(body) and auto.accepts([bos, *body])
-    assert not auto.accepts([*body, bos])  # BOS only first
-    assert not auto.accepts([bos, *body[:-1], eos])  # EOS only when accepting
-    assert not auto.accepts([bos, *body, pad])  # PAD only after EOS
+    bos, eos, _ = helpers.assert_special_tokens(auto, body)
     assert not auto.accepts([bos, *body, eos, *body])
     bare = automaton_for("programs-bare")  # special tokens PAD and BOS only
     assert "EOS_None" not in bare.token_index and "BOS_None" in bare.token_index
@@ -516,17 +464,7 @@ def test_special_tokens() -> None:
 # -- properties 5 and 6: real data -------------------------------------------------------------
 @cache
 def corpus_streams(name: str) -> tuple[tuple[int, ...], ...]:
-    from symusic import Score
-
-    from gramophone.data import chorale_midis
-    from gramophone.tokenizers import encode_score
-
-    tok = tokenizer_for(name)
-    out = []
-    for path in chorale_midis(progress=False):
-        score: Any = Score(str(path))
-        out += [tuple(ids) for ids in encode_score(tok, score)]
-    return tuple(out)
+    return helpers.encode_chorales(tokenizer_for(name))
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import re
 from functools import cache
 from typing import Any
 
@@ -11,13 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra.lark import from_lark
 
 from gramophone import UnsupportedConfigError
-from gramophone.grammar import REJECT, Automaton, check_ids, compile_tokenizer, fsa
+from gramophone.grammar import Automaton, check_ids, compile_tokenizer
 from gramophone.grammar.schemes import base_vocab
 from gramophone.grammar.tsd import TsdGrammar, derive
-from tests.reference import miditok_errors, pruned_lark
+from tests import scheme_helpers as helpers
+from tests.reference import miditok_errors
 from tests.reference_tsd import lark_accepts, order_ok, reference_accepts, time_ok
 from tests.walks import random_walk
 
@@ -179,21 +178,7 @@ def test_compiled_automata_are_cached(name: str) -> None:
 # -- property 1: lark's language ---------------------------------------------------------
 @cache
 def _lark_streams(name: str) -> st.SearchStrategy[str]:
-    """Streams of the derived grammar drawn by hypothesis from lark's own rules (the rules
-    that need a token type the config turns off are pruned first); every terminal draws
-    real vocabulary tokens, each followed by a space."""
-    grammar = grammar_for(name)
-    parser = pruned_lark(grammar.text, grammar.absent_terminals)
-    vocab = automaton_for(name).vocab
-    explicit: dict[str, st.SearchStrategy[str]] = {}
-    for term in parser.terminals:
-        if term.name in parser.ignore_tokens:
-            continue
-        rx = re.compile(term.pattern.to_regexp())
-        toks = [t for t in vocab if rx.fullmatch(t)]
-        assert toks, term.name
-        explicit[term.name] = st.sampled_from(toks).map(lambda t: t + " ")
-    return from_lark(parser, explicit=explicit)
+    return helpers.lark_streams(grammar_for(name), automaton_for(name).vocab)
 
 
 @pytest.mark.parametrize("name", ["combo-rests-programs", "combo-controls", "combo-bare"])
@@ -201,34 +186,10 @@ def _lark_streams(name: str) -> st.SearchStrategy[str]:
 @given(data=st.data())
 def test_lark_generated_streams_pass_the_syntax_automaton(name: str, data: st.DataObject) -> None:
     text = data.draw(_lark_streams(name))
-    auto = automaton_for(name)
-    syntax = auto.components[0]
-    s = syntax.start
-    for t in ids_of(name, text.split()):
-        s = syntax.transitions[s, t]
-        assert s != REJECT, text
-    assert syntax.accepting[s], text
+    helpers.assert_syntax_accepts(automaton_for(name), text)
 
 
 # -- property 2: the automaton is the conjunction of its oracles -----------------------------
-def _mutate(draw: st.DrawFn, ids: list[int], vocab_size: int) -> list[int]:
-    ids = list(ids)
-    for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["replace", "insert", "delete", "swap"]))
-        i = draw(st.integers(0, max(0, len(ids) - 1)))
-        tok = draw(st.integers(0, vocab_size - 1))
-        if op == "replace" and ids:
-            ids[i] = tok
-        elif op == "insert":
-            ids.insert(i, tok)
-        elif op == "delete" and ids:
-            del ids[i]
-        elif op == "swap" and len(ids) > 1:
-            j = min(i + 1, len(ids) - 1)
-            ids[i], ids[j] = ids[j], ids[i]
-    return ids
-
-
 def _mutate_time(draw: st.DrawFn, ids: list[int], vocab: tuple[str, ...]) -> list[int]:
     """Replace one time token (TimeShift, Rest, Duration, TimeSig) by another of its type:
     the mutations the time constraints, not the syntax, must catch."""
@@ -252,7 +213,7 @@ def walk_or_mutation(draw: st.DrawFn, name: str) -> list[int]:
     ids = random_walk(auto, np.random.default_rng(seed), length, eos=draw(st.booleans()))
     how = draw(st.sampled_from(["walk", "mutation", "time"]))
     if how == "mutation":
-        ids = _mutate(draw, ids, len(auto.vocab))
+        ids = helpers.mutate(draw, ids, len(auto.vocab))
     elif how == "time":
         ids = _mutate_time(draw, ids, auto.vocab)
     return ids
@@ -403,15 +364,7 @@ def test_reference_oracles_reject_what_they_should(label: str) -> None:
 # -- property 3: no dead ends --------------------------------------------------------------
 @pytest.mark.parametrize("name", EXHAUSTIVE)
 def test_no_dead_ends_in_the_reachable_product(name: str) -> None:
-    auto = automaton_for(name)
-    T, acc, _, _ = fsa.product(
-        [c.transitions for c in auto.components],
-        [c.accepting for c in auto.components],
-        [c.start for c in auto.components],
-    )
-    has_move = (T != REJECT).any(axis=1)
-    assert (acc | has_move).all()
-    assert fsa.coreachable(T, acc).all(), "some reachable state cannot reach acceptance"
+    helpers.assert_no_dead_ends(automaton_for(name))
 
 
 @pytest.mark.parametrize("name", sorted(set(NAMES) - set(EXHAUSTIVE)))
@@ -430,29 +383,17 @@ def test_no_dead_ends_along_long_walks(name: str, seed: int, length: int) -> Non
 @settings()
 @given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 200))
 def test_random_walks_have_no_miditok_errors_and_decode(name: str, seed: int, length: int) -> None:
-    from gramophone.tokenizers import decode_ids
-
     auto = automaton_for(name)
-    tok = tokenizer_for(name)
     ids = random_walk(auto, np.random.default_rng(seed), length)
-    assert miditok_errors(tok, ids) == 0.0, [auto.vocab[i] for i in ids]
-    specials = {tok.vocab[t] for t in tok.special_tokens}
-    score = decode_ids(tok, [i for i in ids if i not in specials])
-    assert score.dumps_midi()[:4] == b"MThd"
+    helpers.assert_decodes_without_errors(auto, tokenizer_for(name), ids)
 
 
 def test_special_tokens() -> None:
     auto = automaton_for("default")
-    ix = auto.token_index
     body = ids_of("default", ["TimeSig_4/4", "Pitch_60", "Velocity_63", "Duration_1.0.8"])
-    bos, eos, pad = ix["BOS_None"], ix["EOS_None"], ix["PAD_None"]
-    assert auto.accepts([bos, *body, eos, pad, pad])
-    assert auto.accepts(body) and auto.accepts([bos, *body])
-    assert not auto.accepts([*body, bos])  # BOS only first
-    assert not auto.accepts([bos, *body[:-1], eos])  # EOS only when accepting
-    assert not auto.accepts([bos, *body, pad])  # PAD only after EOS
+    bos, eos, _ = helpers.assert_special_tokens(auto, body)
     assert not auto.accepts([bos, *body, eos, *body])
-    assert not auto.accepts([ix["MASK_None"], *body])
+    assert not auto.accepts([auto.token_index["MASK_None"], *body])
 
 
 # -- properties 5 and 6: real data ------------------------------------------------------------
@@ -461,17 +402,7 @@ CORPUS_CONFIGS = ["default", "coarse-rests", "combo-rests-programs", "combo-bare
 
 @cache
 def corpus_streams(name: str) -> tuple[tuple[int, ...], ...]:
-    from symusic import Score
-
-    from gramophone.data import chorale_midis
-    from gramophone.tokenizers import encode_score
-
-    tok = tokenizer_for(name)
-    out: list[tuple[int, ...]] = []
-    for path in chorale_midis(progress=False):
-        score: Any = Score(str(path))
-        out.extend(tuple(ids) for ids in encode_score(tok, score))
-    return tuple(out)
+    return helpers.encode_chorales(tokenizer_for(name))
 
 
 @pytest.mark.slow
@@ -491,23 +422,9 @@ def test_every_chorale_is_accepted(name: str, chorale_midis: list[Any]) -> None:
 def test_corruptions_miditok_flags_are_rejected(name: str, data: st.DataObject) -> None:
     auto = automaton_for(name)
     ids = list(data.draw(st.sampled_from(corpus_streams(name))))
-    vocab_size = len(auto.vocab)
-    specials = {i for i, t in enumerate(auto.vocab) if t.split("_")[0] in ("PAD", "BOS", "EOS", "MASK")}
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(0, len(ids) - 1))
-        op = data.draw(st.sampled_from(["replace", "insert", "delete", "duplicate"]))
-        tok = data.draw(st.integers(0, vocab_size - 1).filter(lambda t: t not in specials))
-        if op == "replace":
-            ids[i] = tok
-        elif op == "insert":
-            ids.insert(i, tok)
-        elif op == "delete" and len(ids) > 1:
-            del ids[i]
-        else:  # duplicate a note in place, a classic model error
-            n = 3 if tokenizer_for(name).config.use_velocities else 2
-            j = next((k for k in range(i, len(ids)) if auto.vocab[ids[k]].startswith("Pitch_")), None)
-            if j is not None and j + n <= len(ids):
-                ids[j + n : j + n] = ids[j : j + n]
+    note_length = 3 if tokenizer_for(name).config.use_velocities else 2  # Pitch [Velocity] Duration
+    ops = ["replace", "insert", "delete", "duplicate"]
+    helpers.corrupt(data, ids, auto.vocab, ops, helpers.note_duplicator(auto.vocab, note_length))
     if miditok_errors(tokenizer_for(name), ids) > 0:
         assert not auto.accepts(ids)
 
