@@ -117,8 +117,20 @@ def test_configs_round_trip_and_validate() -> None:
     assert small == ModelConfig(vocab_size=100)
     with pytest.raises(ValueError, match="known presets: chorales, chorales-long, small, tiny"):
         get_preset("huge")
-    # the long recipe (issue 11) trains the bundled model's shape: its checkpoints replace it
-    assert PRESETS["chorales-long"].model == PRESETS["chorales"].model
+
+
+def test_the_long_preset_is_the_bundled_models_recipe() -> None:
+    """``--preset chorales-long`` (scripts/train_bundled.sh) trains exactly the model that
+    ships: the shape and every training setting the bundled checkpoint recorded."""
+    import dataclasses
+
+    from gramophone.backends import checkpoint as ckpt
+    from gramophone.models import bundled_checkpoint_path
+
+    info = ckpt.read_info(bundled_checkpoint_path())
+    preset = get_preset("chorales-long")
+    assert info.model == preset.model_config(info.model.vocab_size)
+    assert info.train is not None and dataclasses.asdict(info.train) == dataclasses.asdict(preset.train)
 
 
 def test_learning_rate_schedule() -> None:

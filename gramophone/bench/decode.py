@@ -7,8 +7,8 @@ One question each:
   run, rounds interleaved (unconstrained, constrained, bars, unconstrained, ...) and the
   best round of each mode compared (the median of the paired ratios is kept too), at
   batch 1 and 64. Every run decodes exactly ``budget - 1`` steps
-  (no early stop), from BOS, on a model of the bundled model's shape (the ``chorales``
-  preset) with random weights.
+  (no early stop), from BOS, on a model of the default training shape (the ``chorales``
+  preset, d_model 128; the bundled model is twice as wide) with random weights.
   On a shared machine the run-to-run noise (a few %) is larger than the mask's cost, so
   the mask is also timed alone (``mask_us_per_step``: the row gather, the comparison, the
   masked fill and the state gather, in a tight loop) and compared with the measured
@@ -41,7 +41,7 @@ __all__ = ["markdown", "run"]
 
 SYSTEM = {"torch": "gramophone-torch", "jax": "gramophone-jax"}
 MODES = ("unconstrained", "constrained", "constrained+bars")
-PRESET = "chorales"  # the bundled model's shape (d_model 128, 4 layers, d_ff 512)
+PRESET = "chorales"  # the default training shape (d_model 128, 4 layers, d_ff 512)
 BARS = 8
 
 

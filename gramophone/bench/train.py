@@ -2,8 +2,8 @@
 how much of the machine's matrix-multiply throughput a step uses.
 
 Every figure is measured in one process on real batches of the chorale dataset
-(:func:`~gramophone.data.dataset.train_batch`), with the bundled model's shape
-(the ``chorales`` preset; ``quick``: a shorter window and fewer steps):
+(:func:`~gramophone.data.dataset.train_batch`), with the default training shape
+(the ``chorales`` preset, d_model 128; ``quick``: a shorter window and fewer steps):
 
 * ``train_step`` / ``tokens_per_s`` and ``step_ms``: median over timed steps, after
   untimed warm-up steps (JAX compiles in the first), for ``ce`` (batch without the
