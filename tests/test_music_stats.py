@@ -12,12 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gramophone.bench import music_stats
 from gramophone.bench.music_stats import (
     STATS,
     muspy_available,
     own_stats,
     piece_stats,
     pitch_class_histogram,
+    silence_profile,
     to_muspy,
 )
 
@@ -45,6 +47,20 @@ def plain_stats(tpq: int, notes: Notes) -> dict[str, float]:
         "scale_consistency": consistency,
         "polyphony": sum(busy) / len(busy),
         "empty_beat_rate": empty / beats,
+    }
+
+
+def plain_silence(tpq: int, notes: Notes) -> dict[str, float]:
+    """Where the empty beats are, beat by beat in plain Python: the beats up to the last note
+    end, the empty ones before the first note's beat, the empty share from that beat on."""
+    sounding = [(t, d) for t, d, _ in notes if d > 0]
+    beats = -(-max(t + d for t, d in sounding) // tpq)
+    empty = [not any(t < (b + 1) * tpq and t + d > b * tpq for t, d in sounding) for b in range(beats)]
+    first = min(t for t, _ in sounding) // tpq
+    return {
+        "beats": beats,
+        "opening_beats": sum(empty[:first]),
+        "empty_beat_rate_after_opening": sum(empty[first:]) / (beats - first),
     }
 
 
@@ -91,6 +107,25 @@ def test_hand_made_piece_by_hand_plain_and_numpy() -> None:
     assert hist[4] == 2 / 8 and hist[1] == 1 / 8 and hist.sum() == pytest.approx(1.0)
 
 
+def test_silence_profile_by_hand_and_plain() -> None:
+    """The hand-made piece has no upbeat: its rate after the opening is the empty-beat rate;
+    shifted by 3 beats, those 3 beats are the opening and the rate after it is unchanged."""
+    flat = [n for track in HAND for n in track]
+    want = {"beats": 16, "opening_beats": 0, "empty_beat_rate_after_opening": 3 / 16}
+    assert plain_silence(HAND_TPQ, flat) == pytest.approx(want)
+    assert silence_profile(score_of(HAND_TPQ, HAND, HAND_DRUMS)) == pytest.approx(want)
+    late = [[(t + 3 * HAND_TPQ, d, p) for t, d, p in track] for track in HAND]
+    want_late = {"beats": 19, "opening_beats": 3, "empty_beat_rate_after_opening": 3 / 16}
+    assert silence_profile(score_of(HAND_TPQ, late)) == pytest.approx(want_late)
+    assert all(math.isnan(v) for v in silence_profile(score_of(4, [[(0, 0, 60)]])).values())
+
+
+def test_module_doctests() -> None:
+    import doctest
+
+    assert doctest.testmod(music_stats).failed == 0
+
+
 def test_hand_made_piece_with_muspy(tmp_path: Path) -> None:
     muspy = pytest.importorskip("muspy")
     score = score_of(HAND_TPQ, HAND, HAND_DRUMS)
@@ -128,6 +163,7 @@ def test_random_pieces_agree(tpq: int, tracks: list[Notes]) -> None:
     expected = plain_stats(tpq, flat)
     score = score_of(tpq, tracks)
     assert own_stats(score) == pytest.approx(expected, abs=1e-12)
+    assert silence_profile(score) == pytest.approx(plain_silence(tpq, flat), abs=1e-12)
     if muspy_available():
         assert piece_stats(score, use_muspy=True) == pytest.approx(expected, abs=1e-12)
 
@@ -191,5 +227,12 @@ def test_pictures_and_the_bench_section(tmp_path: Path) -> None:
     )
     assert "| sampled (temperature 2) | temperature 2 |  | 2 | 0.9 | 0.9 | 0.9 | 0.9 | 2 | no |" in table
     assert "Smallest worst gap in this run: temperature 1." in table
+    assert "opening_beats" not in table  # no silence records: no such table
+    silence = {"beats": 38.0, "opening_beats": 2.25, "empty_beat_rate_after_opening": 0.0073}
+    records += [record("music", music.SAMPLED, k, v, "", **keys) for k, v in silence.items()]
+    records += [record("music", music.REFERENCE, k, 1.0, "", pieces=1) for k in silence]
+    table = "\n".join(music.markdown(records))
+    assert "| sampled (bundled model) | 38 | 2.25 | 0.0073 |" in table
+    assert "| held-out chorales | 1 | 1 | 1 |" in table
     paths[2].unlink()  # files gone (a results.json read elsewhere): no pictures, no error
     assert music.plots(records, out) == []

@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 
 from gramophone.bench.common import markdown_table, record
-from gramophone.bench.music_stats import STATS, mean_stats, midi_stats, muspy_available, pitch_class_histogram
+from gramophone.bench.music_stats import (
+    SILENCE,
+    STATS,
+    mean_stats,
+    midi_stats,
+    muspy_available,
+    pitch_class_histogram,
+    silence_profile,
+)
 
 __all__ = ["markdown", "plots", "roll_picture", "run", "stats_picture"]
 
@@ -260,6 +268,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     records.append(
         record("music", REFERENCE, "files", [str(p) for p in reference], "paths", pieces=len(reference))
     )
+    records += _silence_records(REFERENCE, reference, pieces=len(reference))
     for i, sampling in enumerate(chosen):
         label = setting_label(sampling)
         default = sampling == DEFAULT_SAMPLING
@@ -284,7 +293,18 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 )
             )
         records.append(record("music", system, "files", [str(p) for p in sampled], "paths", **keys))
+        if default:
+            records += _silence_records(system, sampled, **keys)
     return records
+
+
+def _silence_records(system: str, paths: Sequence[Path], **keys: Any) -> list[dict[str, Any]]:
+    """Means of :func:`~gramophone.bench.music_stats.silence_profile` over ``paths``: where
+    the empty beats are (the opening's upbeat, or later)."""
+    from symusic import Score
+
+    means = mean_stats(silence_profile(Score(str(p))) for p in paths)
+    return [record("music", system, key, round(means[key], 6), "", **keys) for key in SILENCE]
 
 
 def _rounded(stats: Sequence[dict[str, float]], key: str) -> list[float]:
@@ -323,6 +343,20 @@ def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
     ]
     if gaps:
         lines += ["", f"Smallest worst gap in this run: {best_setting(gaps)}."]
+    silence: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["metric"] in SILENCE:
+            silence.setdefault(r["system"], {"system": r["system"]})[r["metric"]] = r["value"]
+    if silence:
+        lines += [
+            "",
+            "Where the empty beats are (means over pieces; not targets): `beats`, the beats up to "
+            "the last note's end (the empty-beat rate's denominator); `opening_beats`, the empty "
+            "beats before the first note's beat (an upbeat); `empty_beat_rate_after_opening`, the "
+            "rate from that beat on.",
+            "",
+            *markdown_table(silence.values(), ["system", *SILENCE]),
+        ]
     return lines
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "SILENCE",
     "STATS",
     "mean_stats",
     "midi_stats",
@@ -51,6 +52,7 @@ __all__ = [
     "own_stats",
     "piece_stats",
     "pitch_class_histogram",
+    "silence_profile",
     "to_muspy",
 ]
 
@@ -74,18 +76,54 @@ def _ticks(score: Any) -> tuple[int, np.ndarray]:
     return int(score.ticks_per_quarter), np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
-def _empty_beat_rate(tpq: int, notes: np.ndarray) -> float:
-    """Share of the beats ``[k, k+1)`` (quarter notes) from 0 to the last note end in which
-    no note sounds (a note sounds on ``[time, time + duration)``)."""
+def _busy_beats(tpq: int, notes: np.ndarray) -> np.ndarray | None:
+    """``bool[B]``: whether a note sounds in each beat ``[k, k+1)`` (quarter notes) from 0 to
+    the last note end (a note sounds on ``[time, time + duration)``); None without notes."""
     notes = notes[notes[:, 1] > 0]
     if not len(notes):
-        return math.nan
+        return None
     start, end = notes[:, 0], notes[:, 0] + notes[:, 1]
     n_beats = int(-(-end.max() // tpq))
     busy = np.zeros(n_beats + 1, dtype=np.int64)
     np.add.at(busy, start // tpq, 1)  # difference array: +1 at the first beat, -1 after the last
     np.add.at(busy, (end - 1) // tpq + 1, -1)
-    return float(1.0 - (np.cumsum(busy)[:n_beats] > 0).mean())
+    return np.cumsum(busy)[:n_beats] > 0
+
+
+def _empty_beat_rate(tpq: int, notes: np.ndarray) -> float:
+    """Share of the beats from 0 to the last note end in which no note sounds."""
+    busy = _busy_beats(tpq, notes)
+    return math.nan if busy is None else float(1.0 - busy.mean())
+
+
+#: :func:`silence_profile`'s keys.
+SILENCE = ("beats", "opening_beats", "empty_beat_rate_after_opening")
+
+
+def silence_profile(score: Any) -> dict[str, float]:
+    """Where a piece's empty beats are (not one of MusPy's statistics): ``beats``, the beats
+    from 0 to the last note end (the empty-beat rate's denominator); ``opening_beats``, the
+    empty beats before the first note's (an upbeat's silence); and
+    ``empty_beat_rate_after_opening``, the empty-beat rate from the first note's beat on.
+    NaN for every one without notes.
+
+    >>> from symusic import Note, Score, Track
+    >>> s = Score(4); t = Track(); s.tracks.append(t)
+    >>> t.notes.extend([Note(12, 4, 67, 80), Note(16, 8, 60, 80), Note(32, 4, 62, 80)])
+    >>> p = silence_profile(s)  # an upbeat of 3 silent beats; beats 3-8 with 6 and 7 silent
+    >>> p["beats"], p["opening_beats"], round(p["empty_beat_rate_after_opening"], 4)
+    (9.0, 3.0, 0.3333)
+    """
+    tpq, notes = _ticks(score)
+    busy = _busy_beats(tpq, notes)
+    if busy is None:
+        return dict.fromkeys(SILENCE, math.nan)
+    first = int(notes[notes[:, 1] > 0, 0].min() // tpq)
+    return {
+        "beats": float(len(busy)),
+        "opening_beats": float(first),
+        "empty_beat_rate_after_opening": float(1.0 - busy[first:].mean()),
+    }
 
 
 def pitch_class_histogram(score: Any) -> np.ndarray:
@@ -171,10 +209,11 @@ def midi_stats(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, float]
 
 
 def mean_stats(stats: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Mean of each statistic over pieces, ignoring pieces without notes (NaN)."""
+    """Mean of each statistic over pieces (the keys of the first; :data:`STATS` for none),
+    ignoring pieces without notes (NaN)."""
     rows = list(stats)
     out: dict[str, float] = {}
-    for key in STATS:
+    for key in tuple(rows[0]) if rows else STATS:
         values = np.array([r[key] for r in rows], dtype=np.float64)
         out[key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
     return out
