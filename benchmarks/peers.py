@@ -10,13 +10,15 @@ Two questions, one record each (see :mod:`gramophone.bench`):
 
 Systems:
 
-- ``gramophone-numpy`` / ``-torch`` / ``-jax``: gramophone's own step kernels
+- ``gramophone-numpy`` / ``-torch`` / ``-jax`` / ``-numba``: gramophone's own step kernels
   (:mod:`gramophone.kernels`, what decoding runs) on the decoding tables: ``path="cheap"``
   (far from the budget's end: AND of the groups' rows), ``path="exact"`` (the distance table
   read at every step, as in a budget's last steps) and ``path="floor"`` (the same gather,
   where and argmax on a ``bool[16, V]`` table that stays in cache: what no row-table mask can
   beat). JAX runs the steps in one jitted ``lax.scan`` (``loop="lax.scan"``) and one jitted
-  step per Python call (``loop="python"``);
+  step per Python call (``loop="python"``); numba runs :func:`gramophone.kernels.numba.step`
+  (mask, apply, argmax and advance fused in one compiled call, reading only the allowed
+  logits: an all-allowed table is its worst case, not a floor, so it has no floor row);
 - ``xgrammar`` (EBNF), ``llguidance`` (lark), ``outlines-core`` (regex): their documented
   matcher APIs, the bitmask filled per stream and applied with the peer's own kernel.
 
@@ -86,6 +88,7 @@ OURS: dict[str, tuple[str, ...]] = {
     "gramophone-numpy": (),
     "gramophone-torch": ("torch",),
     "gramophone-jax": ("jax",),
+    "gramophone-numba": ("numba",),
 }
 BATCHES = (1, 64)
 #: The grammar text each peer reads.
@@ -221,10 +224,18 @@ class _Kernels(_Stepper):
             self.tab: Any = torch_kernels.device_tables(tables)
         elif framework == "jax":
             self._setup_jax()
+        elif framework == "numba":
+            self._setup_numba()
         else:
             from gramophone.kernels import numpy as numpy_kernels
 
             self.K, self.tab = numpy_kernels, tables
+
+    def _setup_numba(self) -> None:
+        from gramophone.kernels import numba as numba_kernels
+
+        self.K = numba_kernels
+        self.tab = numba_kernels.device_tables(self.tables)
 
     def _setup_jax(self) -> None:
         import jax
@@ -261,6 +272,8 @@ class _Kernels(_Stepper):
     def prepare(self, batch: int) -> Any:
         floor = self.path == "floor"
         state = np.zeros(batch, dtype=np.int64) if floor else np.tile(self.state0, (batch, 1))
+        if self.framework == "numba":
+            return np.ascontiguousarray(state.reshape(batch, -1), dtype=np.int32)
         if self.framework == "torch":
             import torch
 
@@ -295,6 +308,11 @@ class _Kernels(_Stepper):
                     out.append(tok)
             return torch.stack(out, dim=1).numpy()
         out_np = []
+        if self.framework == "numba":  # mask, apply, argmax and advance in one compiled call
+            for x in inputs:
+                tok, state = K.step(tab, state, x, self.remaining)
+                out_np.append(tok)
+            return np.stack(out_np, axis=1)
         for x in inputs:
             if self.path == "floor":
                 tok = np.where(floor[state], x, -np.inf).argmax(axis=1)
@@ -678,10 +696,13 @@ def _our_steppers(system: str, tables: Any) -> list[tuple[_Stepper, dict[str, An
     """gramophone's steppers for ``system`` (its kernels), with the parameters of their records."""
     framework = system.removeprefix("gramophone-")
     loops = [("lax.scan", True), ("python", False)] if framework == "jax" else [("python", False)]
+    # numba's fused step reads only the allowed logits: the all-allowed floor table would be
+    # its worst case, not its floor, so it has no floor row (its figures stand next to numpy's)
+    paths = ("cheap", "exact") if framework == "numba" else ("cheap", "exact", "floor")
     return [
         (_Kernels(framework, tables, path, scan), {"grammar": "full", "loop": loop, "path": path})
         for loop, scan in loops
-        for path in ("cheap", "exact", "floor")
+        for path in paths
     ]
 
 

@@ -20,7 +20,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-extras="torch,jax,hf,data,audio,music,dev${1:+,$1}"
+extras="torch,jax,hf,data,audio,music,numba,dev${1:+,$1}"
 stamp=".venv/.gramophone-installed-${extras//,/-}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing gramophone[$extras] into .venv (a few minutes the first time)" >&2

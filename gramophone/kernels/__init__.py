@@ -1,8 +1,9 @@
 """The per-step kernels, once per framework: start, mask, apply, advance, and the sampling
 rules.
 
-Each of :mod:`~gramophone.kernels.numpy`, :mod:`~gramophone.kernels.torch` and
-:mod:`~gramophone.kernels.jax` offers the same four functions over
+Each of :mod:`~gramophone.kernels.numpy`, :mod:`~gramophone.kernels.torch`,
+:mod:`~gramophone.kernels.jax` and :mod:`~gramophone.kernels.numba` offers the same four
+functions over
 :class:`~gramophone.decoding.DecodingTables` (any scheme, any trained vocabulary):
 
 - ``start(tables, batch) -> state int32[B, G]``: the state before any token;
@@ -25,8 +26,12 @@ the public per-step API for a sampling loop of one's own (see the README)::
         token = K.apply(logits, mask).argmax(-1)             # or sample
         state = K.advance(tables, state, token)
 
-The torch and JAX modules are imported only when asked for; importing them without the
-framework installed raises an ImportError that says what to install.
+:mod:`~gramophone.kernels.numba` (numpy arrays, compiled) adds ``step``: mask, apply,
+choose and advance fused in one call that reads only the allowed logits (greedy or
+temperature + Gumbel-max; the same tokens as the numpy kernels), the fastest step on a CPU.
+
+The torch, JAX and numba modules are imported only when asked for; importing them without
+the framework installed raises an ImportError that says what to install.
 """
 
 __all__: list[str] = []

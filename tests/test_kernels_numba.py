@@ -1,0 +1,134 @@
+"""The numba kernels (:mod:`gramophone.kernels.numba`) against the numpy reference: the same
+masks and next states on the shipped config and a trained vocabulary, and the fused
+:func:`~gramophone.kernels.numba.step` choosing bit for bit the token the numpy kernels
+choose (greedy, temperature, top-k, top-p; adversarial logits with NaN, infinities and
+ties), at every distance from the budget's end."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gramophone.decoding import Sampling, tables_for
+from gramophone.kernels import numba as K  # noqa: N812 - the README's spelling
+from gramophone.kernels import numpy as reference
+from gramophone.tokenizers import load_tokenizer
+from tests.learned_fixtures import trained_tokenizer_path
+from tests.walks import table_walk
+
+
+@functools.cache
+def _tables(which: str) -> Any:
+    tok = load_tokenizer(trained_tokenizer_path("REMI", "BPE", "bar") if which == "bpe" else None)
+    return tables_for(tok)
+
+
+def _states(tables: Any, rng: np.random.Generator, batch: int) -> np.ndarray:
+    """``batch`` states reached by random valid walks of random lengths, and one dead state."""
+    rows = [tables.run(table_walk(tables, rng, int(rng.integers(0, 60)))) for _ in range(batch - 1)]
+    return np.stack([*rows, tables.dead]).astype(np.int32)
+
+
+def _logits(rng: np.random.Generator, shape: tuple[int, int], spice: int) -> np.ndarray:
+    """Logits a model may emit: normal, then (by ``spice``) coarse values with many ties,
+    NaNs, infinities and the float32 extremes."""
+    x = (rng.normal(size=shape) * 4).astype(np.float32)
+    if spice & 1:
+        x = np.round(x).astype(np.float32)  # ties
+    if spice & 2:
+        for value in (np.nan, np.inf, -np.inf, np.finfo(np.float32).max, -np.finfo(np.float32).max):
+            x[rng.random(shape) < 0.02] = value
+    return x
+
+
+@pytest.mark.parametrize("which", ["shipped", "bpe"])
+def test_masks_and_next_states_equal_the_numpy_kernels(which: str) -> None:
+    tables = _tables(which)
+    tab = K.device_tables(tables)
+    rng = np.random.default_rng(0)
+    states = _states(tables, rng, 24)
+    tokens = rng.integers(0, tables.vocab_size, len(states))
+    assert (K.start(tab, 3) == reference.start(tables, 3)).all()
+    for remaining in (1, 2, 3, 5, 9, 17, tables.max_distance, 1 << 20):
+        assert (K.allowed(tab, states, remaining) == reference.allowed(tables, states, remaining)).all()
+    assert (K.advance(tab, states, tokens) == reference.advance(tables, states, tokens)).all()
+
+
+SAMPLINGS = [
+    Sampling(greedy=True),
+    Sampling(temperature=1.0),
+    Sampling(temperature=0.37),
+    Sampling(temperature=2.5),
+    Sampling(temperature=0.9, top_k=3),
+    Sampling(temperature=1.1, top_p=0.8),
+]
+
+
+@settings(deadline=None)
+@given(
+    which=st.sampled_from(["shipped", "bpe"]),
+    seed=st.integers(0, 2**32 - 1),
+    sampling=st.sampled_from(SAMPLINGS),
+    remaining=st.sampled_from([1, 2, 3, 4, 6, 10, 25, 1 << 20]),
+    spice=st.integers(0, 3),
+)
+def test_the_fused_step_chooses_what_the_numpy_kernels_choose(
+    which: str, seed: int, sampling: Sampling, remaining: int, spice: int
+) -> None:
+    tables = _tables(which)
+    tab = K.device_tables(tables)
+    rng = np.random.default_rng(seed)
+    state = _states(tables, rng, 9)
+    for _ in range(3):
+        logits = _logits(rng, (len(state), tables.vocab_size), spice)
+        gumbel = rng.gumbel(size=logits.shape).astype(np.float32)
+        mask = reference.allowed(tables, state, remaining)
+        with np.errstate(all="ignore"):
+            want = reference.choose(logits, mask, sampling, gumbel)
+            token, after = K.step(tab, state, logits, remaining, sampling=sampling, gumbel=gumbel)
+        assert token.tolist() == want.tolist()
+        assert (after == reference.advance(tables, state, want)).all()
+        live = mask.any(axis=1)
+        assert mask[live, token[live]].all()  # never a forbidden token while one is allowed
+        state = after
+
+
+def test_a_users_greedy_loop_on_the_fused_step_ends_every_piece_valid() -> None:
+    """The README's numba loop (random logits for the model): every piece ends valid."""
+    from gramophone.grammar.checker import check_stream
+
+    tables = _tables("bpe")
+    tab = K.device_tables(tables)
+    rng = np.random.default_rng(0)
+    for budget in (8, 13, 40):
+        state = K.start(tab, 16)
+        tokens = np.full((16, budget), tables.pad)
+        done = np.zeros(16, dtype=bool)
+        for t in range(budget):
+            logits = rng.normal(size=(16, tables.vocab_size)).astype(np.float32) * 4
+            token, after = K.step(tab, state, logits, budget - t)
+            token = np.where(done, tables.pad, token)
+            state = np.where(done[:, None], state, after)
+            tokens[:, t] = token
+            done |= token == tables.eos
+        assert done.all()
+        for row in tokens.tolist():
+            end = row.index(tables.eos) + 1
+            assert check_stream(tables.automaton, tables.learned.expand(row[:end])[0]).violation is None
+
+
+def test_bad_input_is_a_clear_error() -> None:
+    tables = _tables("shipped")
+    tab = K.device_tables(tables)
+    state = K.start(tab, 2)
+    with pytest.raises(ValueError, match="logits have shape"):
+        K.step(tab, state, np.zeros((2, 3), np.float32), 10)
+    with pytest.raises(ValueError, match="Gumbel"):
+        K.step(
+            tab, state, np.zeros((2, tables.vocab_size), np.float32), 10, sampling=Sampling(temperature=1.0)
+        )
