@@ -40,9 +40,14 @@ def _logits(rng: np.random.Generator, shape: tuple[int, int], spice: int) -> np.
     x = (rng.normal(size=shape) * 4).astype(np.float32)
     if spice & 1:
         x = np.round(x).astype(np.float32)  # ties
+    extremes = (np.nan, np.inf, -np.inf, np.finfo(np.float32).max, -np.finfo(np.float32).max)
     if spice & 2:
-        for value in (np.nan, np.inf, -np.inf, np.finfo(np.float32).max, -np.finfo(np.float32).max):
+        for value in extremes:
             x[rng.random(shape) < 0.02] = value
+    if spice & 4:  # each row drawn from a few of the extremes and zero: ties after sanitizing
+        values = np.array([*extremes, 0.0], dtype=np.float32)
+        for row in x:
+            row[:] = rng.choice(values[rng.permutation(values.size)[: rng.integers(1, 4)]], size=row.size)
     return x
 
 
@@ -75,11 +80,22 @@ SAMPLINGS = [
     seed=st.integers(0, 2**32 - 1),
     sampling=st.sampled_from(SAMPLINGS),
     remaining=st.sampled_from([1, 2, 3, 4, 6, 10, 25, 1 << 20]),
-    spice=st.integers(0, 3),
+    spice=st.integers(0, 7),
+    top_first=st.booleans(),
 )
 def test_the_fused_step_chooses_what_the_numpy_kernels_choose(
-    which: str, seed: int, sampling: Sampling, remaining: int, spice: int
+    which: str, seed: int, sampling: Sampling, remaining: int, spice: int, top_first: bool
 ) -> None:
+    """``top_first``: greedy rows take numpy's argmax first (on every vocabulary size)."""
+    default = K.TOP_FIRST_MIN_VOCAB
+    K.TOP_FIRST_MIN_VOCAB = 0 if top_first else 1 << 30
+    try:
+        _fused_step_agrees(which, seed, sampling, remaining, spice)
+    finally:
+        K.TOP_FIRST_MIN_VOCAB = default
+
+
+def _fused_step_agrees(which: str, seed: int, sampling: Sampling, remaining: int, spice: int) -> None:
     tables = _tables(which)
     tab = K.device_tables(tables)
     rng = np.random.default_rng(seed)
@@ -132,3 +148,33 @@ def test_bad_input_is_a_clear_error() -> None:
         K.step(
             tab, state, np.zeros((2, tables.vocab_size), np.float32), 10, sampling=Sampling(temperature=1.0)
         )
+
+
+@pytest.mark.parametrize(("fill", "first", "second"), [(-np.inf, -np.inf, "-max"), (0.0, "max", np.inf)])
+def test_greedy_ties_after_sanitizing_go_to_the_first_allowed_token(
+    fill: float, first: Any, second: Any
+) -> None:
+    """An allowed -inf before an allowed -FMAX (both -FMAX once sanitized), or an allowed
+    FMAX before an allowed +inf: numpy's raw argmax points at the second; the numpy
+    kernels, and the fused step, choose the first."""
+    fmax = np.finfo(np.float32).max
+    value = {"max": fmax, "-max": -fmax}
+    tables = _tables("bpe")
+    tab = K.device_tables(tables)
+    rng = np.random.default_rng(3)
+    state = next(
+        s for s in _states(tables, rng, 40) if reference.allowed(tables, s[None], 1 << 20).sum() >= 2
+    )
+    a, b = np.nonzero(reference.allowed(tables, state[None], 1 << 20)[0])[0][:2]
+    logits = np.full((1, tables.vocab_size), fill, dtype=np.float32)
+    logits[0, a], logits[0, b] = value.get(first, first), value.get(second, second)
+    default = K.TOP_FIRST_MIN_VOCAB
+    K.TOP_FIRST_MIN_VOCAB = 0
+    try:
+        token, _ = K.step(tab, state[None], logits, 1 << 20)
+    finally:
+        K.TOP_FIRST_MIN_VOCAB = default
+    want = reference.choose(
+        logits, reference.allowed(tables, state[None], 1 << 20), Sampling(greedy=True), logits
+    )
+    assert token.tolist() == want.tolist() == [a]

@@ -34,6 +34,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("gramophone.kernels.numba needs numba: pip install 'gramophone[numba]'") from exc
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from gramophone.decoding.rules import FMAX, Sampling
 from gramophone.decoding.tables import DecodingTables
@@ -166,12 +167,18 @@ def _sane(x, fmax):
 
 @numba.njit(nogil=True, cache=True)
 def _choose_advance(  # noqa: PLR0917 - compiled: positional arguments only
-    maskbits, bits, logits, gumbel, temp, greedy, nxt, offsets, state, fmax, tok, out_state
+    maskbits, bits, logits, gumbel, temp, greedy, top, nxt, offsets, state, fmax, tok, out_state
 ):
     """Each stream's token (greedy, or Gumbel-max at temperature ``temp``) among the
     tokens of its mask, and the state after it: the numpy kernels' choice. The mask is
     the stream's ``maskbits`` row, or (``maskbits`` with no rows) the cheap mask, the AND
-    of its groups' ``bits`` rows, computed word by word."""
+    of its groups' ``bits`` rows, computed word by word.
+
+    Greedy, ``top`` (int64[B], or empty) holds each row's unmasked argmax: when that token
+    is allowed and its logit finite and above ``-fmax``, it is the masked argmax (the first
+    index of the row's maximum is the first allowed index of it; no NaN or infinity in the
+    row, which numpy's argmax would have returned, so sanitizing changes nothing), and only
+    its mask bit is read."""
     B, G = state.shape
     W = bits.shape[1]
     one = np.uint64(1)
@@ -179,6 +186,22 @@ def _choose_advance(  # noqa: PLR0917 - compiled: positional arguments only
     rows = maskbits.shape[0] == 0
     buf = np.empty(W, dtype=np.uint64)
     for b in range(B):
+        if top.shape[0] > 0:
+            j = top[b]
+            x = logits[b, j]
+            if x > -fmax and x <= fmax:
+                w = j >> 6
+                if rows:
+                    m = bits[offsets[0] + state[b, 0], w]
+                    for g in range(1, G):
+                        m &= bits[offsets[g] + state[b, g], w]
+                else:
+                    m = maskbits[b, w]
+                if (m >> np.uint64(j & 63)) & one:
+                    tok[b] = j
+                    for g in range(G):
+                        out_state[b, g] = nxt[offsets[g] + state[b, g], j]
+                    continue
         if rows:
             _row_and(bits, offsets, state, b, buf)
             words = buf
@@ -210,7 +233,7 @@ def _choose_advance(  # noqa: PLR0917 - compiled: positional arguments only
         if arg < 0:  # nothing allowed: the reference's argmax of an all -inf row
             arg = 0
         elif not greedy:  # pass 2: argmax of (x - best) / T + gumbel, as the numpy kernels round it
-            top = np.float32(-np.inf)
+            high = np.float32(-np.inf)
             arg = -1
             for w in range(W):
                 m = words[w]
@@ -220,8 +243,8 @@ def _choose_advance(  # noqa: PLR0917 - compiled: positional arguments only
                     j = base + _bit_index(low)
                     y = np.float32(np.float32(_sane(logits[b, j], fmax) - best) / temp)
                     y = np.float32(y + gumbel[b, j])
-                    if arg < 0 or y > top:
-                        top = y
+                    if arg < 0 or y > high:
+                        high = y
                         arg = j
                     m ^= low
         tok[b] = arg
@@ -244,8 +267,8 @@ def _row_and(bits, offsets, state, b, out):
 
 @numba.njit(nogil=True, cache=True)
 def _bit_index(low):
-    """The index of the one set bit of ``low`` (a de Bruijn multiply)."""
-    return _DEBRUIJN[(low * np.uint64(0x03F79D71B4CB0A89)) >> np.uint64(58)]
+    """The index of the one set bit of ``low``."""
+    return trailing_zeros(low)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -298,6 +321,11 @@ def advance(tab: NumbaTables, state: np.ndarray, token: np.ndarray) -> np.ndarra
 
 _GREEDY = Sampling(greedy=True)
 _NO_ROWS = np.zeros((0, 1), dtype=np.uint64)
+_NO_TOP = np.zeros(0, dtype=np.int64)
+_ONE, _FMAX = np.float32(1.0), np.float32(FMAX)
+#: Greedy steps on vocabularies this large take numpy's argmax first (measured on a 2-core
+#: Xeon, batch 64: 3.7 us of a 14 us step at 229 tokens, a 3x cheaper step at 30,000).
+TOP_FIRST_MIN_VOCAB = 1024
 
 
 def step(
@@ -319,33 +347,30 @@ def step(
     B = state.shape[0]
     if logits.shape != (B, tab.vocab_size):
         raise ValueError(f"logits have shape {logits.shape}, expected {(B, tab.vocab_size)}")
-    if not sampling.greedy and gumbel is None:
-        raise ValueError("sampling needs Gumbel noise (gumbel=float32[B, V])")
-    if sampling.uses_top_k or sampling.uses_top_p:
-        bits = _mask_bits(tab, state, remaining)
-        mask = np.empty((B, tab.vocab_size), dtype=np.bool_)
-        _unpack(bits, tab.vocab_size, mask)
-        assert gumbel is not None
-        token = _reference.choose(logits, mask, sampling, gumbel)
-        return token, advance(tab, state, token)
-    token = np.empty(B, dtype=np.int32)
-    out = np.empty_like(state)
-    noise = logits if gumbel is None else np.ascontiguousarray(gumbel, dtype=np.float32)
-    temp = np.float32(1.0 if sampling.greedy else sampling.temperature)
+    greedy = sampling.greedy
+    if greedy:
+        noise, temp = logits, _ONE
+        # numpy's vectorized argmax first: a row whose best token is allowed is done (on a
+        # small vocabulary the scan of the allowed logits is cheaper than the argmax)
+        top = logits.argmax(axis=1) if tab.vocab_size >= TOP_FIRST_MIN_VOCAB else _NO_TOP
+    else:
+        if gumbel is None:
+            raise ValueError("sampling needs Gumbel noise (gumbel=float32[B, V])")
+        if sampling.uses_top_k or sampling.uses_top_p:
+            mask = np.empty((B, tab.vocab_size), dtype=np.bool_)
+            _unpack(_mask_bits(tab, state, remaining), tab.vocab_size, mask)
+            token = _reference.choose(logits, mask, sampling, gumbel)
+            return token, advance(tab, state, token)
+        noise, temp, top = (
+            np.ascontiguousarray(gumbel, dtype=np.float32),
+            np.float32(sampling.temperature),
+            _NO_TOP,
+        )
     # far from the end the fused call ANDs the rows itself; near it, the exact mask first
     maskbits = _NO_ROWS if remaining > tab.max_distance else _mask_bits(tab, state, remaining)
+    token = np.empty(B, dtype=np.int32)
+    out = np.empty_like(state)
     _choose_advance(
-        maskbits,
-        tab.bits,
-        logits,
-        noise,
-        temp,
-        sampling.greedy,
-        tab.next,
-        tab.offsets,
-        state,
-        np.float32(FMAX),
-        token,
-        out,
+        maskbits, tab.bits, logits, noise, temp, greedy, top, tab.next, tab.offsets, state, _FMAX, token, out
     )
     return token, out
