@@ -83,7 +83,7 @@ SAMPLINGS = [
     spice=st.integers(0, 7),
     top_first=st.booleans(),
 )
-def test_the_fused_step_chooses_what_the_numpy_kernels_choose(
+def test_the_fused_step_chooses_what_the_numpy_kernels_choose(  # noqa: PLR0917 - hypothesis draws
     which: str, seed: int, sampling: Sampling, remaining: int, spice: int, top_first: bool
 ) -> None:
     """``top_first``: greedy rows take numpy's argmax first (on every vocabulary size)."""

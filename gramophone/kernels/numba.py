@@ -34,7 +34,6 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("gramophone.kernels.numba needs numba: pip install 'gramophone[numba]'") from exc
 import numpy as np
-from numba.cpython.unsafe.numbers import trailing_zeros
 
 from gramophone.decoding.rules import FMAX, Sampling
 from gramophone.decoding.tables import DecodingTables
@@ -267,8 +266,8 @@ def _row_and(bits, offsets, state, b, out):
 
 @numba.njit(nogil=True, cache=True)
 def _bit_index(low):
-    """The index of the one set bit of ``low``."""
-    return trailing_zeros(low)
+    """The index of the one set bit of ``low`` (a de Bruijn multiply)."""
+    return _DEBRUIJN[(low * np.uint64(0x03F79D71B4CB0A89)) >> np.uint64(58)]
 
 
 @numba.njit(nogil=True, cache=True)
