@@ -86,13 +86,13 @@ SAMPLINGS = [
 def test_the_fused_step_chooses_what_the_numpy_kernels_choose(  # noqa: PLR0917 - hypothesis draws
     which: str, seed: int, sampling: Sampling, remaining: int, spice: int, top_first: bool
 ) -> None:
-    """``top_first``: greedy rows take numpy's argmax first (on every vocabulary size)."""
-    default = K.TOP_FIRST_MIN_VOCAB
-    K.TOP_FIRST_MIN_VOCAB = 0 if top_first else 1 << 30
+    """``top_first``: greedy rows take numpy's argmax first (the default), or always scan."""
+    default = K.TOP_FIRST
+    K.TOP_FIRST = top_first
     try:
         _fused_step_agrees(which, seed, sampling, remaining, spice)
     finally:
-        K.TOP_FIRST_MIN_VOCAB = default
+        K.TOP_FIRST = default
 
 
 def _fused_step_agrees(which: str, seed: int, sampling: Sampling, remaining: int, spice: int) -> None:
@@ -168,12 +168,7 @@ def test_greedy_ties_after_sanitizing_go_to_the_first_allowed_token(
     a, b = np.nonzero(reference.allowed(tables, state[None], 1 << 20)[0])[0][:2]
     logits = np.full((1, tables.vocab_size), fill, dtype=np.float32)
     logits[0, a], logits[0, b] = value.get(first, first), value.get(second, second)
-    default = K.TOP_FIRST_MIN_VOCAB
-    K.TOP_FIRST_MIN_VOCAB = 0
-    try:
-        token, _ = K.step(tab, state[None], logits, 1 << 20)
-    finally:
-        K.TOP_FIRST_MIN_VOCAB = default
+    token, _ = K.step(tab, state[None], logits, 1 << 20)  # greedy takes numpy's argmax first
     want = reference.choose(
         logits, reference.allowed(tables, state[None], 1 << 20), Sampling(greedy=True), logits
     )
