@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["*Quick run: fewer steps and repeats; figures are indicative only.*", ""]
     lines += [*machine_lines(m), "", *peers.markdown(records)]
     (out / "peers.md").write_text("\n".join(lines))
+    peers.plots(records, out)  # mask_step.png
     sys.stdout.write("\n".join(lines))
     return 0
 
