@@ -725,14 +725,33 @@ def mask_step_records(
     tokenizer: Any = None,
     tokenizer_name: str = "remi",
     levels: Mapping[str, Sequence[str]] | None = None,
+    isolate: bool = False,
 ) -> list[dict[str, Any]]:
     """``mask_step`` records of every system (``systems``: a subset) on ``streams`` (model
     ids of ``tokenizer``, default the shipped config), ``steps`` steps at each batch size.
+
+    ``isolate``: each system in a fresh process. In one process a system measured after
+    torch or JAX has run is up to 2x slower on a 2-core machine (measured: numba's step 24 us
+    at batch 64 after them, 12 us alone; their thread pools and allocations stay), which
+    would favour whoever runs first.
 
     A trained ``tokenizer`` gives the peers its learned vocabulary natively: each learned
     token is the concatenation of its base tokens' delimited names (they handle tokens that
     span several terminals); gramophone decodes with its lifted tables. ``levels``: the
     grammar levels to run per peer (default: ``syntax`` and the compared level)."""
+    chosen = list(OURS) + list(PEERS) if systems is None else list(systems)
+    if isolate:
+        import multiprocessing
+
+        kwargs = {"batches": batches, "steps": steps, "repeats": repeats, "quick": quick,
+                  "tokenizer": tokenizer, "tokenizer_name": tokenizer_name, "levels": levels}  # fmt: skip
+        out: list[dict[str, Any]] = []
+        for system in chosen:
+            log(f"mask_step {system} ({tokenizer_name}), in a fresh process")
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                out += pool.apply(mask_step_records, (streams,), {**kwargs, "systems": [system]})
+        return out
+
     from gramophone.decoding.tables import decoding_tables
     from gramophone.grammar import compile_remi
     from gramophone.tokenizers import load_tokenizer, model_vocab
@@ -748,7 +767,6 @@ def mask_step_records(
     ]
     V = len(names)
     common = {"tokenizer": tokenizer_name, "vocab_size": V}
-    chosen = list(OURS) + list(PEERS) if systems is None else list(systems)
     records: list[dict[str, Any]] = []
     token_sets = {b: _walk_tokens(streams, b, steps) for b in batches}
     tables = decoding_tables(auto, learned=learned)
@@ -886,7 +904,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     from gramophone.bench.grammar import corpus_streams
 
     streams = corpus_streams(40 if quick else 120)
-    records = mask_step_records(streams, steps=64 if quick else 256, repeats=3 if quick else 7, quick=quick)
+    records = mask_step_records(
+        streams, steps=64 if quick else 256, repeats=3 if quick else 7, quick=quick, isolate=not quick
+    )
     records += compile_records(repeats=2 if quick else 5, quick=quick)
     return records
 

@@ -107,7 +107,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             continue  # the base vocabulary's mask step is the peers section's
         streams = [[1, *s] for s in _streams(tok, 40 if quick else 120)]
         ours = ["gramophone-numpy", "gramophone-jax"] if quick else list(OURS)
-        common = {"quick": quick, "tokenizer": tok, "tokenizer_name": name, "levels": LEARNED_LEVELS}
+        common = {"quick": quick, "tokenizer": tok, "tokenizer_name": name, "levels": LEARNED_LEVELS,
+                  "isolate": not quick}  # fmt: skip
         records += mask_step_records(
             streams, steps=8 if quick else 32, repeats=1 if quick else 3, systems=ours, **common
         )
