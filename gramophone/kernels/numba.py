@@ -7,11 +7,13 @@ groups), and its ``next`` rows side by side. The cheap mask of a stream is then 
 ``G`` bit rows, 64 tokens a word; the exact mask (the last steps of a budget) reads the
 distance table token by token, as the numpy kernel does.
 
-:func:`step` computes the mask, applies it, chooses each stream's token and advances the
-state in one compiled call, without writing the ``bool[B, V]`` mask or a masked copy of the
-logits: greedy, or temperature + Gumbel-max (rules 2, 4 and 7 of
-:mod:`gramophone.decoding.rules`, bit for bit the numpy kernels' choice). Top-k and top-p
-need the whole sorted row; with them :func:`step` runs :func:`allowed`, the numpy
+:func:`step` chooses each stream's token and advances its state in one compiled call,
+without writing the ``bool[B, V]`` mask or a masked copy of the logits: greedy, or
+temperature + Gumbel-max (rules 2, 4 and 7 of :mod:`gramophone.decoding.rules`, bit for bit
+the numpy kernels' choice). Greedy, it takes numpy's vectorized argmax first and reads only
+that token's mask bit (and near the budget's end its distance); a stream whose best token is
+refused, or not finite, gets its mask built in words and its allowed logits scanned. Top-k
+and top-p need the whole sorted row; with them :func:`step` runs :func:`allowed`, the numpy
 :func:`~gramophone.kernels.numpy.choose` and :func:`advance`. Everything runs on the calling
 thread. ::
 
