@@ -239,10 +239,8 @@ class _Kernels(_Stepper):
         self.K = numba_kernels
         self.tab = numba_kernels.device_tables(self.tables)
         if self.path == "floor":  # the same call on the bool[16, V] table, packed as one group
-            V = self.floor.shape[1]
-            packed = np.packbits(np.pad(self.floor, ((0, 0), (0, -V % 64))), axis=1, bitorder="little")
             self.tab = dataclasses.replace(
-                self.tab, bits=np.ascontiguousarray(packed.view("<u8"), dtype=np.uint64),
+                self.tab, bits=numba_kernels.pack_rows(self.floor),
                 next=self.floor_next.astype(np.int32), offsets=np.zeros(1, np.int64),
                 strides=np.zeros(1, np.int64), max_distance=0, start=np.zeros(1, np.int32),
             )  # fmt: skip

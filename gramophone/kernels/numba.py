@@ -48,6 +48,7 @@ __all__ = [
     "apply",
     "choose",
     "device_tables",
+    "pack_rows",
     "sanitize",
     "start",
     "step",
@@ -77,17 +78,20 @@ class NumbaTables:
 _CACHE: weakref.WeakKeyDictionary[DecodingTables, NumbaTables] = weakref.WeakKeyDictionary()
 
 
+def pack_rows(valid: np.ndarray) -> np.ndarray:
+    """``uint64[S, ceil(V / 64)]``: ``bool[S, V]`` rows as little-endian bit words."""
+    S, V = valid.shape
+    padded = np.zeros((S, -(-V // 64) * 64), dtype=bool)
+    padded[:, :V] = valid
+    return np.ascontiguousarray(np.packbits(padded, axis=1, bitorder="little").view("<u8"), dtype=np.uint64)
+
+
 def device_tables(tables: DecodingTables) -> NumbaTables:
     """``tables`` packed for these kernels, once per tables object."""
     got = _CACHE.get(tables)
     if got is None:
         V = tables.vocab_size
-        W = (V + 63) // 64
-        rows = []
-        for valid in tables.valid:
-            padded = np.zeros((valid.shape[0], W * 64), dtype=bool)
-            padded[:, :V] = valid
-            rows.append(np.packbits(padded, axis=1, bitorder="little").view("<u8").astype(np.uint64))
+        rows = [pack_rows(valid) for valid in tables.valid]
         sizes = [v.shape[0] for v in tables.valid]
         got = _CACHE[tables] = NumbaTables(
             bits=np.ascontiguousarray(np.concatenate(rows)),
