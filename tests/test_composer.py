@@ -468,6 +468,32 @@ EXACT_CASES = [
         {"pitch_range": (60, 65), "use_programs": True, "programs": [0, 1]},
         {"key": "C:major", "max_notes_per_onset": "2"},
     ),
+    # The plain grammars with drums: the highest drum pitch above the highest pitch (miditok's
+    # default ranges the other way round); note order must send a program back to its run
+    # only below the highest pitch of its own kind (a hypothesis walk found the dead end).
+    (
+        "REMI",
+        {
+            "pitch_range": (55, 70),
+            "remove_duplicated_notes": True,
+            "use_programs": True,
+            "programs": [-1, 0],
+            "use_pitchdrum_tokens": True,
+        },
+        {},
+    ),
+    (
+        "TSD",
+        {
+            "pitch_range": (55, 70),
+            "drums_pitch_range": (50, 60),
+            "remove_duplicated_notes": True,
+            "use_programs": True,
+            "programs": [-1, 0],
+            "use_pitchdrum_tokens": True,
+        },
+        {},
+    ),
 ]
 
 

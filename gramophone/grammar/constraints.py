@@ -44,6 +44,7 @@ __all__ = [
     "TimeModel",
     "bars_component",
     "drum_pitch_component",
+    "highest_pitch_index",
     "note_order_component",
     "program_runs_components",
     "time_component",
@@ -213,6 +214,30 @@ def time_component(vocab: Sequence[str], model: TimeModel) -> Component:
     )
 
 
+def highest_pitch_index(
+    kinds: Sequence[tuple[str, str]], pitch_values: Sequence[int], program_values: Sequence[int]
+) -> np.ndarray:
+    """``int64[1 + len(program_values)]``: for no program (index 0) and each program, the
+    index (1-based, into ``pitch_values``, the sorted Pitch and PitchDrum values) of the
+    highest pitch a note of that program can have: with PitchDrum tokens and programs, drum
+    notes are PitchDrum tokens under ``Program_-1`` only and every other program's notes
+    Pitch tokens (:func:`drum_pitch_component`); else all notes are Pitch tokens.
+
+    A note-order component must use it, not the highest of both kinds: the default drum
+    range (27-88) and pitch range (21-108) differ, and a program sent back to its run after
+    the highest pitch of its own kind has a dead end ahead."""
+    index = {p: i + 1 for i, p in enumerate(pitch_values)}
+    pitch = max((int(v) for k, v in kinds if k == "Pitch"), default=None)
+    drum = max((int(v) for k, v in kinds if k == "PitchDrum"), default=None)
+    top = pitch if pitch is not None else drum
+    out = np.full(len(program_values) + 1, index[top] if top is not None else 0, dtype=np.int64)
+    if drum is not None:
+        for i, j in enumerate(program_values):
+            if j == -1:
+                out[i + 1] = index[drum]
+    return out
+
+
 def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
     """Notes at one onset as miditok writes them with ``remove_duplicated_notes``: pitches
     strictly ascending within a program's run; a Chord only before the first note of its run.
@@ -237,6 +262,7 @@ def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
     last_of = np.arange(S) % n_last  # 0 = none, i = pitch_values[i-1]
     pitch_index = {p: i + 1 for i, p in enumerate(pitch_values)}
     prog_index = {p: i + 1 for i, p in enumerate(program_values)}
+    top_index = highest_pitch_index(kinds, pitch_values, program_values)
     T = np.empty((S, len(vocab)), dtype=np.int32)
     identity = np.arange(S, dtype=np.int32)
     for v, (kind, value) in enumerate(kinds):
@@ -258,7 +284,7 @@ def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
                 # Program token the syntax wants its pitch bend, chord or note, and the
                 # first two only come before the program's first note. Without this the
                 # lockstep product would have a dead end after its highest pitch.
-                same &= last_of < n_last - 1
+                same &= last_of < top_index[prog_of]
             other = prog_of != j  # includes none (0): a new run
             T[:, v] = np.where(same, identity, np.where(other, j * n_last, REJECT))
         else:

@@ -84,7 +84,12 @@ import numpy as np
 from gramophone.errors import UnsupportedConfigError
 from gramophone.grammar import fsa
 from gramophone.grammar.automaton import Component
-from gramophone.grammar.constraints import beats_to_positions, drum_pitch_component, program_runs_components
+from gramophone.grammar.constraints import (
+    beats_to_positions,
+    drum_pitch_component,
+    highest_pitch_index,
+    program_runs_components,
+)
 from gramophone.grammar.fsa import REJECT
 from gramophone.grammar.schemes import (
     absent_terminals,
@@ -380,7 +385,7 @@ def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
     State ``(program, last)``: the program of the latest Program token at this time (or
     none) and the last pitch of its run (or none). TimeShift and Rest start a new time; a
     Program token of another program a new run. Back to the same program only if a higher
-    pitch is left for it (after a Program token the syntax wants a pitch bend, chord or
+    pitch of its kind is left for it (after a Program token the syntax wants a pitch bend, chord or
     note, and the first two only come before the run's first note: without this the
     lockstep product would have a dead end after its highest pitch).
     """
@@ -395,6 +400,7 @@ def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
     pitch_index = {p: i + 1 for i, p in enumerate(pitch_values)}
     prog_index = {p: i + 1 for i, p in enumerate(program_values)}
     identity = np.arange(S, dtype=np.int32)
+    top_index = highest_pitch_index(kinds, pitch_values, program_values)
     columns: dict[str, Callable[[str], np.ndarray]] = {
         "TimeShift": lambda _v: np.zeros(S, dtype=np.int32),
         "Rest": lambda _v: np.zeros(S, dtype=np.int32),
@@ -410,7 +416,7 @@ def note_order_component(vocab: Sequence[str], use_programs: bool) -> Component:
         j = prog_index.get(int(value))
         if j is None:
             return np.full(S, REJECT, dtype=np.int32)
-        same = (prog_of == j) & (last_of < n_last - 1)
+        same = (prog_of == j) & (last_of < top_index[prog_of])
         other = prog_of != j  # includes none (0): a new run
         return np.where(same, identity, np.where(other, j * n_last, REJECT))
 
