@@ -201,7 +201,7 @@ def _not_a_token_file(path: Path) -> str | None:
     return None
 
 
-def _expand_check_paths(paths: Sequence[str]) -> Iterator[str]:
+def _expand_check_paths(paths: Sequence[str]) -> Iterator[tuple[str, str | None]]:
     """Files as given; a folder becomes its token and MIDI files (recursively, sorted);
     tokenizer files and decode summaries are skipped with a note (``decode`` and
     ``tokenize`` write them beside their token files, so ``check DIR`` and
@@ -217,11 +217,14 @@ def _expand_check_paths(paths: Sequence[str]) -> Iterator[str]:
                     _note(f"{f}: skipped ({why}, not a token file)")
                 else:
                     files.append(str(f))
-            yield from files or [name]  # an empty folder: "is a directory", exit status 2
+            if files:
+                yield from ((f, None) for f in files)
+            else:
+                yield name, f"{name}: no token files (.json, .txt) or MIDI files in this folder"
         elif name != "-" and (why := _not_a_token_file(p)):
             _note(f"{name}: skipped ({why}, not a token file)")
         else:
-            yield name
+            yield name, None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -239,9 +242,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_ERROR
     status = EXIT_OK
-    for path in _expand_check_paths(args.files):
+    for path, problem in _expand_check_paths(args.files):
         record: dict[str, Any] = {"file": path}
         try:
+            if problem is not None:
+                raise GramophoneError(problem)
             streams, learned = _file_streams(path, tokenizer)
             losses = file_losses(tokenizer, path, strict=args.strict)  # MIDI: what tokenizing lost
             if losses:
@@ -306,6 +311,22 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # -- tokenize ---------------------------------------------------------------------------
+MIDI_SUFFIXES = (".mid", ".midi", ".smf")
+
+
+def _expand_midi_paths(paths: Sequence[str]) -> Iterator[str]:
+    """Files as given; a folder becomes its MIDI files (recursively, sorted)."""
+    for name in paths:
+        p = Path(name)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MIDI_SUFFIXES)
+            if not found:
+                raise GramophoneError(f"{name}: no MIDI files ({', '.join(MIDI_SUFFIXES)}) in this folder")
+            yield from found
+        else:
+            yield name
+
+
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from gramophone._outdir import claim_output_folder, output_names
     from gramophone.tokenizers import encode_midi, load_tokenizer, save_tokenizer, write_token_streams
@@ -315,8 +336,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     except GramophoneError as exc:
         _err(str(exc))
         return EXIT_ERROR
-    inputs = list(dict.fromkeys(args.midi))  # a file given twice is tokenized once
     try:
+        inputs = list(dict.fromkeys(_expand_midi_paths(args.midi)))  # a file given twice is tokenized once
         names = output_names(inputs)
         planned = ["tokenizer.json", *(n + suffix for n in names for suffix in (".json", ".txt"))]
         folder = claim_output_folder(args.out, "tokenize", planned)
@@ -432,6 +453,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{result.out}: trained to step {result.step}; model in {result.model_dir}")
     for split, metrics in result.evaluation.items():
+        if not metrics["tokens"]:
+            print(f"  {split}: empty (no piece in this split)")
+            continue
         print(
             f"  {split}: NLL {metrics['nll']:.4f} nats/token ({metrics['tokens']} tokens), "
             f"forbidden mass {metrics['forbidden_mass']:.2e}"
@@ -634,7 +658,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="gramophone",
-        description="Grammar-constrained generation of symbolic music (REMI tokens).",
+        description=(
+            "Grammar-constrained generation of symbolic music (miditok's REMI, TSD, MIDILike and "
+            "Structured tokens, trained vocabularies too)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"gramophone {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -681,7 +708,12 @@ def build_parser() -> argparse.ArgumentParser:
         "others are still written, each file whole or not at all.",
     )
     p.add_argument("--tokenizer", metavar="TOKENIZER.json", help=tok_help)
-    p.add_argument("midi", nargs="+", metavar="MIDI")
+    p.add_argument(
+        "midi",
+        nargs="+",
+        metavar="MIDI",
+        help="MIDI files, or folders (their .mid/.midi/.smf files, recursively)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=cmd_tokenize)
 

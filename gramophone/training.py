@@ -799,6 +799,11 @@ def train(
             f"train.batch_size ({start.run.train.batch_size}) is smaller than the number of "
             f"processes ({replicas.processes}): each process needs a row of the batch"
         )
+    if start.run.train.fim_rate > 0 and "Bar_None" not in tok.vocab:
+        raise TrainingError(
+            f"train.fim_rate {start.run.train.fim_rate} needs Bar tokens (fill-in-the-middle cuts "
+            f"windows at bars); this {type(tok).__name__} tokenizer has none: set fim_rate to 0"
+        )
     for note in start.notes:
         notes(note)
     # The data before the run folder: a corpus that cannot be built leaves nothing behind.

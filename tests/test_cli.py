@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,7 +121,10 @@ def test_bad_files_get_one_clear_line(
 def test_missing_file_and_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["check", str(tmp_path / "nope.txt"), str(tmp_path)], capsys)
     assert code == 2
-    assert "no such file" in err and "is a directory" in err
+    assert (
+        "no such file" in err
+        and f"{tmp_path}: no token files (.json, .txt) or MIDI files in this folder" in err
+    )
 
 
 def test_truncated_stream_is_invalid(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,6 +177,21 @@ def test_tokenize_then_check_roundtrip(tmp_path: Path, capsys: pytest.CaptureFix
     assert "tokenizer.json: skipped" in err
     code, out, err = run(["check", *map(str, sorted((tmp_path / "tok").glob("*.json")))], capsys)
     assert code == 0 and out.count(": valid") == 1 and "skipped" in err
+    # a folder to tokenize: its MIDI files, recursively, named relative to it
+    (tmp_path / "midi" / "sub").mkdir(parents=True)
+    shutil.copy(midi, tmp_path / "midi" / "a.mid")
+    shutil.copy(midi, tmp_path / "midi" / "sub" / "b.MIDI")
+    (tmp_path / "midi" / "notes.txt").write_text("not a MIDI file")
+    code, out, err = run(["tokenize", str(tmp_path / "midi"), "--out", str(tmp_path / "tok2")], capsys)
+    assert code == 0, err
+    assert sorted(
+        p.relative_to(tmp_path / "tok2").as_posix() for p in (tmp_path / "tok2").rglob("*.json")
+    ) == [
+        "a.json",
+        "sub/b.json",
+        "tokenizer.json",
+    ]
+    assert (tmp_path / "tok2" / "a.json").read_text() == (tmp_path / "tok" / "piece.v1.json").read_text()
 
 
 def test_large_text_input_is_streamed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

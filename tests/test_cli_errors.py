@@ -273,13 +273,13 @@ _T = ["train", "--backend", "torch"]
 @pytest.mark.parametrize(
     ("args", "named", "needle"),
     [
-        (["check", "DIR"], "DIR", "is a directory"),
+        (["check", "DIR"], "DIR", "no token files (.json, .txt) or MIDI files in this folder"),
         (["check", "MISSING"], "MISSING", "no such file"),
         (["check", "UNREADABLE"], "UNREADABLE", "Permission denied"),
         (["check", "--tokenizer", "DIR", "MIDI"], "DIR", "tokenizer file not found"),
         (["check", "--tokenizer", "GARBAGE", "MIDI"], "GARBAGE", "not a miditok tokenizer file"),
         (["check", "--tokenizer", "FOREIGN", "MIDI"], "FOREIGN", "not a miditok tokenizer file"),
-        (["tokenize", "DIR", "--out", "OUT"], "DIR", "is a directory"),
+        (["tokenize", "DIR", "--out", "OUT"], "DIR", "no MIDI files (.mid, .midi, .smf) in this folder"),
         (["tokenize", "MISSING", "--out", "OUT"], "MISSING", "no such file"),
         (["tokenize", "UNREADABLE", "--out", "OUT"], "UNREADABLE", "Permission denied"),
         (["tokenize", "--tokenizer", "GARBAGE", "MIDI", "--out", "OUT"], "GARBAGE", "not a miditok"),

@@ -75,12 +75,14 @@ from gramophone._files import atomic_write, cache_dir, code_hash, remove_stale_t
 from gramophone.data.chorales import split_names
 from gramophone.data.dataset import (
     CHORALES,
+    PITCH_KINDS,
     REJECT,
     SPLITS,
     DataConfig,
     DataError,
     Dataset,
     TokenSplit,
+    WindowStarts,
     _check_window_starts,
     _compact,
     _run_states,
@@ -330,7 +332,7 @@ class _Context:
     bos: int
     eos: int
     pad: int
-    starts_bar: np.ndarray  # bool[V]: the model id starts with a Bar (a window may start there)
+    window_starts: WindowStarts  # where a training window may start
     has_note: np.ndarray  # bool[V]: the model id sounds a note
     programs: bool  # one stream with Program tokens (else tracks are merged)
     pitch_range: tuple[int, int] | None  # of the Pitch tokens (None: none; no transposition)
@@ -346,7 +348,7 @@ class _Context:
             raise DataError("the automaton was compiled for another vocabulary than the tokenizer's")
         base_index = {t: i for i, t in enumerate(learned.base)}
         try:
-            bos, eos, pad, bar = (base_index[t] for t in ("BOS_None", "EOS_None", "PAD_None", "Bar_None"))
+            bos, eos, pad = (base_index[t] for t in ("BOS_None", "EOS_None", "PAD_None"))
         except KeyError as exc:
             raise DataError(f"the tokenizer has no {exc.args[0]} token (needed to frame streams)") from None
         single = [int(learned.single[b]) for b in (bos, eos, pad)]
@@ -361,11 +363,11 @@ class _Context:
             bos=single[0],
             eos=single[1],
             pad=single[2],
-            starts_bar=np.array([bool(p) and p[0] == bar for p in learned.pieces]),
+            window_starts=WindowStarts.for_vocab(learned.base, learned.pieces),
             has_note=np.array([bool(p) and bool(note_base[list(p)].any()) for p in learned.pieces]),
             programs=bool(cfg.use_programs and cfg.one_token_stream_for_programs),
             pitch_range=tokenizer_pitch_range(tokenizer)
-            if any(t.startswith("Pitch_") for t in learned.base)
+            if any(t.split("_")[0] in PITCH_KINDS for t in learned.base)
             else None,
             ids_dtype=np.uint16 if len(vocab) <= 65536 else np.int32,
         )
@@ -575,10 +577,13 @@ def _tokenize_chunk(ctx: _Context, task: _Task, shard_dir: Path) -> _ChunkResult
             h, k, ids = streams[i]
             rows = local[offset : offset + len(ids)].astype(state_dtype)
             offset += len(ids)
-            bars = np.flatnonzero(ctx.starts_bar[ids])
-            bars = bars[bars != 1]  # a piece's first bar: its window is the one with the BOS
+            bars = ctx.window_starts.positions(ids)  # not a piece's first bar: the BOS window has it
             checked.append((h, k, ids.astype(ctx.ids_dtype), rows, bars.astype(np.uint32)))
-        bugs = _window_bugs(ctx, [(ids, rows, bars) for _, _, ids, rows, bars in checked], allowed, unique)
+        bugs = (
+            _window_bugs(ctx, [(ids, rows, bars) for _, _, ids, rows, bars in checked], allowed, unique)
+            if ctx.window_starts.checked
+            else {}
+        )
         pos = bar_pos = 0
         for i, (h, k, ids, _rows, bars) in enumerate(checked):
             if i in bugs:

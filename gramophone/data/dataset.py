@@ -20,7 +20,8 @@ What :func:`load_dataset` builds (once; cached under ``cache_dir()/datasets``):
   stream the automaton rejects is an error naming the piece and the token.
 * **Windows.** A window is ``seq_len + 1`` consecutive tokens of one stream:
   ``inputs = w[:-1]``, ``targets = w[1:]``. Windows start at the stream's start (with
-  its BOS) or at a ``Bar`` token; never mid-bar. A window is padded past EOS with PAD
+  its BOS) or at a ``Bar`` token, never mid-bar (in a scheme without Bar tokens: at an
+  onset's first event, :class:`WindowStarts`). A window is padded past EOS with PAD
   (weight 0). Training windows start at every bar start from which a full window fits,
   plus the first one that reaches EOS, so a piece's end is seen too. Evaluation windows
   (:meth:`TokenSplit.eval_windows`) score every target token of a split exactly once,
@@ -72,6 +73,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "TokenSplit",
+    "WindowStarts",
     "build_dataset",
     "dataset_cache_path",
     "dataset_code_hash",
@@ -96,6 +98,55 @@ _MEET_WITHIN = 4
 
 class DataError(GramophoneError, ValueError):
     """The corpus cannot be turned into training data (a stream the grammar rejects, ...)."""
+
+
+#: Base token kinds that carry a melodic note's pitch (MIDILike: NoteOn; transposition keeps them in range).
+PITCH_KINDS = ("Pitch", "NoteOn")
+#: Base token kinds that move time (a window of a scheme without Bar tokens starts after one).
+TIME_MOVES = ("TimeShift", "Rest")
+
+
+@dataclass(frozen=True)
+class WindowStarts:
+    """Where a training window may start inside a framed stream (besides its BOS), for a
+    model vocabulary: at a token whose base tokens begin with ``Bar`` (REMI: ``at``), or,
+    in a scheme without Bar tokens (TSD, MIDILike, Structured), right after a token whose
+    last base token moves time (``after``: a TimeShift or a Rest, so the window opens on an
+    onset's first event).
+
+    ``checked``: bars reset every component, so a window started at one sees what the
+    whole stream sees (checked for every window of the corpus, see the module notes). A
+    scheme without bars has no such token (its time component knows the position in the
+    bar from the piece's beginning): its windows use the whole stream's states, as
+    evaluation windows that start mid-bar do, and the model learns masks partly decided
+    by context before its window."""
+
+    at: np.ndarray  # bool[V]
+    after: np.ndarray  # bool[V]
+    checked: bool
+
+    @classmethod
+    def for_vocab(cls, base: Sequence[str], pieces: Sequence[Sequence[int]]) -> WindowStarts:
+        """From a :class:`~gramophone.tokenizers.learned.LearnedVocab`'s ``base`` names and
+        ``pieces`` (base ids of each model id)."""
+        V = len(pieces)
+        if "Bar_None" in base:
+            bar = base.index("Bar_None")
+            at = np.array([bool(p) and p[0] == bar for p in pieces], dtype=bool)
+            return cls(at=at, after=np.zeros(V, dtype=bool), checked=True)
+        moves = np.array([t.split("_")[0] in TIME_MOVES for t in base], dtype=bool)
+        after = np.array([bool(p) and bool(moves[p[-1]]) for p in pieces], dtype=bool)
+        return cls(at=np.zeros(V, dtype=bool), after=after, checked=False)
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """int64[n]: the window starts of one framed stream ``BOS ... EOS`` (never its BOS,
+        the token right after it, or its EOS)."""
+        ids = np.asarray(ids)
+        ok = self.at[ids]
+        ok[1:] |= self.after[ids[:-1]]
+        ok[:2] = False
+        ok[-1:] = False
+        return np.flatnonzero(ok).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -159,10 +210,13 @@ def tokenizer_fingerprint(tokenizer: REMI) -> str:
 
 
 def tokenizer_pitch_range(tokenizer: REMI) -> tuple[int, int]:
-    """``(lowest, highest)`` pitch with a ``Pitch_n`` token in the vocabulary (inclusive)."""
-    pitches = [int(t[6:]) for t in tokenizer.vocab if t.startswith("Pitch_") and t[6:].isdigit()]
+    """``(lowest, highest)`` pitch with a ``Pitch_n`` (``NoteOn_n`` in MIDILike) token in
+    the vocabulary (inclusive)."""
+    pitches = [
+        int(v) for k, _, v in (t.partition("_") for t in tokenizer.vocab) if k in PITCH_KINDS and v.isdigit()
+    ]
     if not pitches:
-        raise DataError("the tokenizer has no Pitch tokens")
+        raise DataError("the tokenizer has no Pitch (or NoteOn) tokens")
     return min(pitches), max(pitches)
 
 
@@ -196,8 +250,8 @@ class TokenSplit:
     int64[M + 1] where each stream begins (and the end); ``stream_piece``: int32[M] index
     into ``pieces``; ``stream_offset``: int32[M] transposition in semitones;
     ``bar_starts``: int64[nb], positions (into ``ids``) of window starts other than a
-    stream's start (``Bar`` tokens, except one right after BOS); ``allowed``: bool[S, V],
-    shared by every split of a :class:`Dataset`; ``pad_id``: PAD's id.
+    stream's start (``Bar`` tokens, except one right after BOS; :class:`WindowStarts`);
+    ``allowed``: bool[S, V], shared by every split of a :class:`Dataset`; ``pad_id``: PAD's id.
     """
 
     name: str
@@ -496,15 +550,12 @@ def build_dataset(
         raise ValueError(f"{len(names)} names but {len(paths)} paths")
     base_index = {t: i for i, t in enumerate(learned.base)}
     try:
-        bos, eos, pad, _bar = (
-            int(learned.single[base_index[t]]) for t in ("BOS_None", "EOS_None", "PAD_None", "Bar_None")
-        )
+        bos, eos, pad = (int(learned.single[base_index[t]]) for t in ("BOS_None", "EOS_None", "PAD_None"))
     except KeyError as exc:
         raise DataError(f"the tokenizer has no {exc.args[0]} token (needed to frame streams)") from None
     if min(bos, eos, pad) < 0:
         raise DataError("the trained vocabulary has no single BOS, EOS or PAD token")
-    # a window may start at a token whose base tokens start with a Bar
-    starts_bar = np.array([bool(p) and p[0] == base_index["Bar_None"] for p in learned.pieces])
+    window_starts = WindowStarts.for_vocab(learned.base, learned.pieces)
 
     by_name = dict(zip(names, paths, strict=True))
     parts = split_names(names, seed=config.split_seed)
@@ -545,8 +596,10 @@ def build_dataset(
         starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         ids = np.concatenate(streams[k0 : k0 + n]) if n else np.zeros(0, np.int32)
         st = compact[pos : pos + int(starts[-1])]
-        bars = np.flatnonzero(starts_bar[ids])
-        bars = bars[~np.isin(bars, starts[:-1] + 1)].astype(np.int64)  # not right after BOS
+        bars = np.concatenate(
+            [window_starts.positions(s) + a for s, a in zip(streams[k0 : k0 + n], starts[:-1], strict=True)]
+            or [np.zeros(0, np.int64)]
+        ).astype(np.int64)
         splits[split] = TokenSplit(
             name=split,
             ids=ids,
@@ -559,7 +612,8 @@ def build_dataset(
             allowed=table,
             pad_id=pad,
         )
-        _check_window_starts(splits[split], automaton, unique)
+        if window_starts.checked:
+            _check_window_starts(splits[split], automaton, unique)
         k0 += n
         pos += int(starts[-1])
     return Dataset(
