@@ -417,6 +417,36 @@ def test_masks_after_a_note_on() -> None:
     assert not allowed[ix["NoteOn_60"]] and allowed[ix["NoteOn_61"]]
 
 
+@pytest.mark.parametrize(
+    ("stream", "rejected_by", "says"),
+    [
+        (
+            "NoteOn_60 Velocity_63 NoteOn_60",
+            "pairing[",
+            "strikes pitch 60 again while a note of it is still sounding",
+        ),
+        (
+            "NoteOn_60 Velocity_63 TimeShift_1.0.8 NoteOff_62",
+            "pairing[",
+            "closes no sounding note of pitch 62",
+        ),
+        (
+            "NoteOn_60 Velocity_63 TimeShift_1.0.8 NoteOn_64 Velocity_63 EOS_None",
+            "open-notes",
+            "leaves 2 notes",
+        ),
+    ],
+)
+def test_pairing_violations_are_explained(stream: str, rejected_by: str, says: str) -> None:
+    """The checker names the pairing bound, an unmatched NoteOff and the notes left open."""
+    from gramophone.grammar.checker import check_stream
+
+    auto = automaton_for("default")
+    report = check_stream(auto, [auto.token_index[t] for t in ["BOS_None", *stream.split()]])
+    assert report.violation is not None
+    assert report.violation.rejected_by.startswith(rejected_by) and says in report.violation.reason
+
+
 def test_special_tokens() -> None:
     auto = automaton_for("default")
     body = ids_of("default", ["TimeSig_4/4", "NoteOn_60", "Velocity_63", "TimeShift_1.0.8", "NoteOff_60"])

@@ -176,6 +176,27 @@ def _explain(automaton: Automaton, k: int, state: int, token: str, history: Sequ
             return f"{token} is {what} under Program_-1 (drums), which miditok never writes"
         under = _last_of(history, {"Program"}) or "a melodic program"
         return f"{token} is a drum pitch under {under}: miditok writes drum pitches under Program_-1 only"
+    if comp.name.startswith("pairing[") and kind in ("NoteOn", "DrumOn"):
+        cap = int(info["max_open"][0]) if "max_open" in info else 1
+        notes = "a note" if cap == 1 else f"{cap} notes"
+        return (
+            f"{token} strikes pitch {value} again while {notes} of it {'is' if cap == 1 else 'are'} "
+            f"still sounding: gramophone's MIDILike grammar allows at most {cap} open at once "
+            "(max_open_per_pitch), though miditok writes overlapping notes of equal pitch"
+        )
+    if comp.name.startswith("pairing[") and kind in ("NoteOff", "DrumOff"):
+        return f"{token} closes no sounding note of pitch {value}"
+    if comp.name == "open-notes":
+        n = int(info["open"][state])
+        if token == "EOS_None":
+            notes = f"{n} note{'s' if n != 1 else ''}"
+            return f"{token} leaves {notes} sounding (each NoteOn needs its NoteOff first)"
+        if kind in ("NoteOff", "DrumOff"):
+            return f"{token} closes a note, but no note of this program is sounding"
+        return f"{token} would open more notes at once than the grammar counts ({n} are sounding)"
+    if comp.name == "onset-order" and kind in ("NoteOn", "DrumOn"):
+        last = int(info["last_pitch"][state])
+        return f"{token} breaks the ascending order of note-ons at one onset (the last was {last})"
     why = composer.explain(comp, state, token)  # --key, --pitch-range, ... (None: not one of them)
     return why if why is not None else f"the constraint '{comp.name}' forbids {token}"
 

@@ -322,7 +322,10 @@ def pairing_components(
                     transitions=T,
                     accepting=np.ones(S, dtype=bool),
                     start=start,
-                    info={"pitches": np.asarray(pitches[lo:hi], dtype=np.int32)},
+                    info={
+                        "pitches": np.asarray(pitches[lo:hi], dtype=np.int32),
+                        "max_open": np.array([max_open], dtype=np.int32),
+                    },
                     neutral=True,  # see the module notes: distances are the counter's
                 )
             )
