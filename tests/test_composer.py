@@ -545,8 +545,8 @@ def test_distances_are_exact_with_neutral_components_left_out(
     ("name", "options", "message"),
     [
         ("tsd", {"notes_per_bar": "1:4"}, "not supported for TSD: its streams have no Bar tokens"),
-        ("midilike", {"notes_per_bar": "0:4"}, "not supported for MIDILIKE"),
-        ("structured", {"notes_per_bar": "0:4"}, "not supported for STRUCTURED"),
+        ("midilike", {"notes_per_bar": "0:4"}, "not supported for MIDILike"),
+        ("structured", {"notes_per_bar": "0:4"}, "not supported for Structured"),
         ("structured", {"time_signature": "4/4"}, "no time signatures .Structured has none"),
         ("remi", {"time_signature": "7/8"}, r"no TimeSig_7/8 \(it has 3/8, 6/8"),
         (

@@ -120,3 +120,15 @@ def test_device_loops_on_other_schemes(backend: str, scheme: str, model: str | N
         request = DecodeRequest(p.ids, p.state, 3, budget, sampling, seed=budget, capacity=64)
         result = sampler_for(be, params)(tables, request)
         _assert_valid(tok, result.streams(), budget)
+
+
+@pytest.mark.parametrize("scheme", ["TSD", "MIDILike", "Structured"])
+def test_bars_without_bar_tokens_is_one_clear_error(scheme: str) -> None:
+    """``--bars`` counts Bar tokens: a scheme without them is refused, not decoded unbounded."""
+    from gramophone.decoding.framing import decoding_automaton
+    from gramophone.errors import DecodingError
+
+    with pytest.raises(
+        DecodingError, match=r"^--bars needs Bar tokens \(REMI\); this tokenizer's streams have none$"
+    ):
+        decoding_automaton(compile_tokenizer(tokenizer(scheme, None)), 2)

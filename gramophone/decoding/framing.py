@@ -116,6 +116,6 @@ def decoding_automaton(
         if bars < 1:
             raise DecodingError(f"--bars must be at least 1, got {bars}")
         if "Bar_None" not in automaton.token_index:
-            raise DecodingError("--bars needs Bar_None in the vocabulary")
+            raise DecodingError("--bars needs Bar tokens (REMI); this tokenizer's streams have none")
         out = out.with_component(_ends_only_when_accepting(bars_component(vocab, bars), vocab))
     return out if suffix is None else with_suffix(out, suffix)

@@ -106,6 +106,7 @@ ONSET_KINDS: dict[str, tuple[str, ...]] = {
     "midilike": ("TimeShift", "Rest"),
     "structured": ("TimeShift",),
 }
+_SCHEME_NAMES = {"remi": "REMI", "tsd": "TSD", "midilike": "MIDILike", "structured": "Structured"}
 ZERO_SHIFT = "TimeShift_0.0.1"  # Structured's "no move" (gramophone.grammar.structured)
 EOS, PAD, BOS = "EOS_None", "PAD_None", "BOS_None"
 
@@ -753,7 +754,7 @@ class _Builder:
         option = f"--notes-per-bar {lo}:{hi}"
         if "Bar_None" not in self.vocab:
             raise UnsupportedConfigError(
-                f"{option}: not supported for {self.scheme.upper()}: its streams have no Bar tokens"
+                f"{option}: not supported for {_SCHEME_NAMES[self.scheme]}: its streams have no Bar tokens"
             )
         if self.has("Rest"):
             raise UnsupportedConfigError(
