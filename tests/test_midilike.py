@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gramophone import UnsupportedConfigError
 from gramophone.grammar import REJECT, Automaton, Component, fsa
-from gramophone.grammar.midilike import MidiLikeGrammar, derive
+from gramophone.grammar.midilike import MAX_OPEN_PER_PITCH, MidiLikeGrammar, derive
 from gramophone.grammar.schemes import base_vocab, compile_scheme, compile_tokenizer
 from tests import scheme_helpers as helpers
 from tests.reference import miditok_errors
@@ -50,6 +50,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "pedals": {"use_sustain_pedals": True},
     "pitch-bends": {"use_pitch_bends": True},
     "programs": {"use_programs": True, "programs": [-1, 0, 24]},
+    "overlap-1": {"_max_open": 1},
     "overlap-2": {"_max_open": 2},
     "combo": _RICH,
     "combo-programs": {**_RICH, "use_programs": True, "programs": [0, 24]},
@@ -102,7 +103,7 @@ def tokenizer_for(name: str) -> Any:
 
 
 def max_open_for(name: str) -> int:
-    return int(CONFIGS[name].get("_max_open", 1))
+    return int(CONFIGS[name].get("_max_open", MAX_OPEN_PER_PITCH))
 
 
 @cache
@@ -112,7 +113,7 @@ def grammar_for(name: str) -> MidiLikeGrammar:
 
 @cache
 def automaton_for(name: str) -> Automaton:
-    if max_open_for(name) == 1:
+    if max_open_for(name) == MAX_OPEN_PER_PITCH:
         return compile_tokenizer(tokenizer_for(name))
     return compile_scheme(grammar_for(name), base_vocab(tokenizer_for(name)), {})
 
@@ -271,7 +272,7 @@ def test_compiles_and_caches(name: str) -> None:
     auto = automaton_for(name)
     assert auto.components[0].name == "syntax"
     assert auto.components[1].name == "open-notes"
-    if max_open_for(name) == 1:
+    if max_open_for(name) == MAX_OPEN_PER_PITCH:
         assert compile_tokenizer(tokenizer_for(name)).hash == auto.hash
     pairing = [c for c in auto.components if c.name.startswith("pairing")]
     assert all(c.num_states <= 2048 and c.accepting.all() for c in pairing)
@@ -284,12 +285,13 @@ def test_default_config_sizes() -> None:
     """The numbers the module notes give for the default config."""
     auto = automaton_for("default")
     sizes = {c.name: c.num_states for c in auto.components}
-    assert sizes["open-notes"] == 90
-    pairing = [n for n in sizes.values() if n in (512, 1024)]
-    assert len(pairing) == 9 and sorted(pairing) == [512] + [1024] * 8
-    assert len(sizes) == 11  # syntax, open-notes, 9 pairing components
+    assert MAX_OPEN_PER_PITCH == 3
+    assert sizes["open-notes"] == 89 * 3 + 1  # 0..267 open notes: 89 pitches, 3 each
+    pairing = [n for name, n in sizes.items() if name.startswith("pairing[")]
+    assert sorted(pairing) == [256] + [1024] * 17  # counts 0..3 of 5 pitches (4 for one group)
+    assert len(sizes) == 20  # syntax, open-notes, 18 pairing components
     T, _, _, _ = syntax_counter("default")
-    assert T.shape[0] == 361  # the decoder's distance table: syntax x counter, reachable
+    assert T.shape[0] == 1073  # the decoder's distance table: syntax x counter, reachable
 
 
 # -- property 1: lark's language -----------------------------------------------------------
@@ -341,29 +343,25 @@ def test_reference_oracles_reject_what_they_should() -> None:
         "a NoteOff with no open note": [*ok, "NoteOff_60"],
         "a NoteOff of another pitch": [*ok[:-1], "NoteOff_61"],
         "a Rest right after a TimeShift": [*ok, "TimeShift_1.0.8", "Rest_1.0.4"],
-        "a pitch struck while it is held (the bound)": [
+        "a pitch struck a fourth time while held (the bound)": [
             *ok[:3],
-            "NoteOn_60",
-            "Velocity_63",
+            *["NoteOn_60", "Velocity_63"] * 3,
             *ok[3:],
-            "NoteOff_60",
+            *["NoteOff_60"] * 3,
         ],
     }
     for why, tokens in cases.items():
         assert not ref_accepts(name, tokens), why
         assert not automaton_for(name).accepts(ids_of(name, tokens)), why
     assert not lark_accepts(grammar_for(name).text, cases["NoteOn without its Velocity (miditok issue #208)"])
-    held = [
-        "NoteOn_60",
-        "Velocity_63",
-        "NoteOn_60",
-        "Velocity_63",
-        "TimeShift_1.0.8",
-        "NoteOff_60",
-        "NoteOff_60",
-    ]
-    assert automaton_for("overlap-2").accepts(ids_of("overlap-2", held))
-    assert not automaton_for("default").accepts(ids_of("default", held))
+
+    def held(n: int) -> list[str]:  # one pitch struck n times, all sounding at once
+        return [*["NoteOn_60", "Velocity_63"] * n, "TimeShift_1.0.8", *["NoteOff_60"] * n]
+
+    for bounded in ("overlap-1", "overlap-2", "default"):
+        bound = max_open_for(bounded)
+        assert automaton_for(bounded).accepts(ids_of(bounded, held(bound)))
+        assert not automaton_for(bounded).accepts(ids_of(bounded, held(bound + 1)))
     # Duplicates at one onset: miditok's rule, and the canonical order with the bound above 1.
     dup = ["NoteOn_60", "NoteOn_60", "TimeShift_1.0.8", "NoteOff_60", "NoteOff_60"]
     down = ["NoteOn_61", "NoteOn_60", "TimeShift_1.0.8", "NoteOff_61", "NoteOff_60"]
@@ -398,7 +396,8 @@ def test_notes_pair_per_program_and_drums_share_keys() -> None:
 
 
 def test_masks_after_a_note_on() -> None:
-    """After a NoteOn only its Velocity; EOS only once every note is closed."""
+    """After a NoteOn only its Velocity; EOS only once every note is closed; a fourth
+    NoteOn of a sounding pitch is refused (the bound)."""
     auto = automaton_for("default")
     ix = auto.token_index
     states: np.ndarray | None = auto.start_states
@@ -414,6 +413,12 @@ def test_masks_after_a_note_on() -> None:
     assert states is not None
     allowed = auto.allowed(states)
     assert not allowed[ix["EOS_None"]] and not allowed[ix["NoteOff_61"]] and allowed[ix["NoteOff_60"]]
+    assert allowed[ix["NoteOn_60"]] and allowed[ix["NoteOn_61"]]  # a pitch may sound 3 times at once
+    for tok in ["NoteOn_60", "Velocity_63", "NoteOn_60", "Velocity_63"]:
+        assert states is not None
+        states = auto.step(states, ix[tok])
+    assert states is not None
+    allowed = auto.allowed(states)
     assert not allowed[ix["NoteOn_60"]] and allowed[ix["NoteOn_61"]]
 
 
@@ -421,9 +426,9 @@ def test_masks_after_a_note_on() -> None:
     ("stream", "rejected_by", "says"),
     [
         (
-            "NoteOn_60 Velocity_63 NoteOn_60",
+            "NoteOn_60 Velocity_63 NoteOn_60 Velocity_63 NoteOn_60 Velocity_63 NoteOn_60",
             "pairing[",
-            "strikes pitch 60 again while a note of it is still sounding",
+            "strikes pitch 60 again while 3 notes of it are still sounding",
         ),
         (
             "NoteOn_60 Velocity_63 TimeShift_1.0.8 NoteOff_62",
@@ -445,6 +450,18 @@ def test_pairing_violations_are_explained(stream: str, rejected_by: str, says: s
     report = check_stream(auto, [auto.token_index[t] for t in ["BOS_None", *stream.split()]])
     assert report.violation is not None
     assert report.violation.rejected_by.startswith(rejected_by) and says in report.violation.reason
+
+
+def test_the_cap_per_program_is_explained() -> None:
+    """With 3 programs the counter holds 16 open notes per program: the 17th is named."""
+    from gramophone.grammar.checker import check_stream
+
+    auto = automaton_for("programs")
+    notes = [t for p in range(40, 57) for t in ("Program_0", f"NoteOn_{p}", "Velocity_63")]
+    report = check_stream(auto, [auto.token_index[t] for t in ["BOS_None", *notes]])
+    assert report.violation is not None and report.violation.rejected_by == "open-notes"
+    assert "would be note 17 sounding at once in its program" in report.violation.reason
+    assert "at most 16 per program" in report.violation.reason
 
 
 def test_special_tokens() -> None:

@@ -319,28 +319,22 @@ def _score(tpq: int, meters: list[tuple[int, int, int]], notes: list[tuple[int, 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="MIDILike bound (gramophone.grammar.midilike, max_open_per_pitch=1): a NoteOn of a "
-    "pitch still sounding in the track is rejected, though miditok writes it (two voices "
-    "on one pitch); lifting the bound: remove KNOWN's midilike entry too",
+    reason="MIDILike bound (gramophone.grammar.midilike, max_open_per_pitch=3): a NoteOn of a "
+    "pitch already sounding three times in the track is rejected, though miditok writes it "
+    "(four voices on one pitch); lifting the bound: remove KNOWN's midilike entry too",
 )
-def test_midilike_overlapping_notes_of_one_pitch_are_accepted() -> None:
+def test_midilike_four_overlapping_notes_of_one_pitch_are_accepted() -> None:
     tok = midilike_tests.tokenizer_for("default")
     auto = midilike_tests.automaton_for("default")
-    # C4 held for two beats, struck again (by another voice) on the second beat.
-    [ids] = encode(tok, _score(480, [(0, 4, 4)], [(0, 960, 60), (480, 480, 60)]))
+    assert midilike_tests.grammar_for("default").max_open_per_pitch == 3
+    # C4 held to the end of the bar, struck again (by another voice) on each beat.
+    notes = [(beat * 480, 1920 - beat * 480, 60) for beat in range(4)]
+    [ids] = encode(tok, _score(480, [(0, 4, 4)], notes))
     tokens = [auto.vocab[i] for i in ids]
-    assert tokens[:9] == [
-        "TimeSig_4/4",
-        "NoteOn_60",
-        "Velocity_91",
-        "TimeShift_1.0.8",
-        "NoteOn_60",
-        "Velocity_91",
-        "TimeShift_1.0.8",
-        "NoteOff_60",
-        "NoteOff_60",
-    ]
+    assert tokens.count("NoteOn_60") == 4 and tokens[-4:] == ["NoteOff_60"] * 4  # all four sound at once
     assert miditok_errors(tok, ids) == 0
+    three = encode(tok, _score(480, [(0, 4, 4)], notes[1:]))[0]
+    assert check_ids(auto, three) is None  # three at once: within the bound
     assert check_ids(auto, ids) is None
 
 
@@ -378,7 +372,7 @@ def test_the_known_filters_are_narrow() -> None:
     # The MIDILike overlap is recognized as such.
     mtok = midilike_tests.tokenizer_for("default")
     mauto = midilike_tests.automaton_for("default")
-    mscore = _score(480, [(0, 4, 4)], [(0, 960, 60), (480, 480, 60)])
+    mscore = _score(480, [(0, 4, 4)], [(beat * 480, 1920 - beat * 480, 60) for beat in range(4)])
     [mids] = encode(mtok, mscore)
     mtokens = [mauto.vocab[i] for i in mids]
     mviolation = check_ids(mauto, mids)

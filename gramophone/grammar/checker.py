@@ -193,6 +193,13 @@ def _explain(automaton: Automaton, k: int, state: int, token: str, history: Sequ
             return f"{token} leaves {notes} sounding (each NoteOn needs its NoteOff first)"
         if kind in ("NoteOff", "DrumOff"):
             return f"{token} closes a note, but no note of this program is sounding"
+        if "capacity" in info:
+            cap = int(info["capacity"][0])
+            return (
+                f"{token} would be note {int(info['current_open'][state]) + 1} sounding at once in its "
+                f"program: gramophone's MIDILike grammar counts at most {cap} per program (a bound "
+                "that shrinks with the number of programs; miditok has none)"
+            )
         return f"{token} would open more notes at once than the grammar counts ({n} are sounding)"
     if comp.name == "onset-order" and kind in ("NoteOn", "DrumOn"):
         last = int(info["last_pitch"][state])

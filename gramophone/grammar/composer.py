@@ -49,8 +49,8 @@ pitches):
 
 Also refused, with a one-line error naming the option: a key and a range that leave no
 pitch of the vocabulary, and ``--key``/``--pitch-range`` for Structured with programs and
-``remove_duplicated_notes`` and for MIDILike with more than one open note per pitch and
-``remove_duplicated_notes`` (which notes may still follow at an onset is not tracked).
+``remove_duplicated_notes`` and for MIDILike with chords and ``remove_duplicated_notes``
+(which notes may still follow a chord at an onset is not tracked).
 
 **Writing a new one.** A constraint is a DFA over the base vocabulary: ``transitions``
 ``int32[S, V]`` (:data:`~gramophone.grammar.REJECT` where a token is forbidden),
@@ -554,10 +554,11 @@ class _Builder:
                 )
             return self.zero_shift_component(max(allowed))
         if self.scheme == "midilike" and not self.programs:
-            if self.named("onset-order"):
+            if self.named("onset-order") and self.has("Chord"):
                 raise UnsupportedConfigError(
-                    f"{self.pitch_options()}: not supported for MIDILike with remove_duplicated_notes "
-                    "and more than one open note per pitch"
+                    f"{self.pitch_options()}: not supported for MIDILike with chords and "
+                    "remove_duplicated_notes (a chord needs a note-on above the onset's last pitch "
+                    "on a key not yet full: not tracked)"
                 )
             return self.open_keys_component(allowed)
         return None
@@ -627,7 +628,9 @@ class _Builder:
         if not pairing:
             return 1
         c = pairing[0]
-        g = len(c.info["pitches"])
+        if "max_open" in c.info:
+            return int(c.info["max_open"][0])
+        g = len(c.info["pitches"])  # an automaton saved before "max_open" was kept
         return round(c.num_states ** (1 / g)) - 1
 
     def open_keys_component(self, allowed: set[int]) -> Component:
