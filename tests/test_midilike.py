@@ -285,13 +285,13 @@ def test_default_config_sizes() -> None:
     """The numbers the module notes give for the default config."""
     auto = automaton_for("default")
     sizes = {c.name: c.num_states for c in auto.components}
-    assert MAX_OPEN_PER_PITCH == 3
-    assert sizes["open-notes"] == 89 * 3 + 1  # 0..267 open notes: 89 pitches, 3 each
+    assert MAX_OPEN_PER_PITCH == 4
+    assert sizes["open-notes"] == 89 * 4 + 1  # 0..356 open notes: 89 pitches, 4 each
     pairing = [n for name, n in sizes.items() if name.startswith("pairing[")]
-    assert sorted(pairing) == [256] + [1024] * 17  # counts 0..3 of 5 pitches (4 for one group)
-    assert len(sizes) == 20  # syntax, open-notes, 18 pairing components
+    assert sorted(pairing) == [125] * 3 + [625] * 20  # counts 0..4 of 4 pitches (3 for three groups)
+    assert len(sizes) == 25  # syntax, open-notes, 23 pairing components
     T, _, _, _ = syntax_counter("default")
-    assert T.shape[0] == 1073  # the decoder's distance table: syntax x counter, reachable
+    assert T.shape[0] == 1429  # the decoder's distance table: syntax x counter, reachable
 
 
 # -- property 1: lark's language -----------------------------------------------------------
@@ -343,11 +343,11 @@ def test_reference_oracles_reject_what_they_should() -> None:
         "a NoteOff with no open note": [*ok, "NoteOff_60"],
         "a NoteOff of another pitch": [*ok[:-1], "NoteOff_61"],
         "a Rest right after a TimeShift": [*ok, "TimeShift_1.0.8", "Rest_1.0.4"],
-        "a pitch struck a fourth time while held (the bound)": [
+        "a pitch struck a fifth time while held (the bound)": [
             *ok[:3],
-            *["NoteOn_60", "Velocity_63"] * 3,
+            *["NoteOn_60", "Velocity_63"] * 4,
             *ok[3:],
-            *["NoteOff_60"] * 3,
+            *["NoteOff_60"] * 4,
         ],
     }
     for why, tokens in cases.items():
@@ -396,7 +396,7 @@ def test_notes_pair_per_program_and_drums_share_keys() -> None:
 
 
 def test_masks_after_a_note_on() -> None:
-    """After a NoteOn only its Velocity; EOS only once every note is closed; a fourth
+    """After a NoteOn only its Velocity; EOS only once every note is closed; a fifth
     NoteOn of a sounding pitch is refused (the bound)."""
     auto = automaton_for("default")
     ix = auto.token_index
@@ -413,8 +413,8 @@ def test_masks_after_a_note_on() -> None:
     assert states is not None
     allowed = auto.allowed(states)
     assert not allowed[ix["EOS_None"]] and not allowed[ix["NoteOff_61"]] and allowed[ix["NoteOff_60"]]
-    assert allowed[ix["NoteOn_60"]] and allowed[ix["NoteOn_61"]]  # a pitch may sound 3 times at once
-    for tok in ["NoteOn_60", "Velocity_63", "NoteOn_60", "Velocity_63"]:
+    assert allowed[ix["NoteOn_60"]] and allowed[ix["NoteOn_61"]]  # a pitch may sound 4 times at once
+    for tok in ["NoteOn_60", "Velocity_63"] * 3:
         assert states is not None
         states = auto.step(states, ix[tok])
     assert states is not None
@@ -426,9 +426,9 @@ def test_masks_after_a_note_on() -> None:
     ("stream", "rejected_by", "says"),
     [
         (
-            "NoteOn_60 Velocity_63 NoteOn_60 Velocity_63 NoteOn_60 Velocity_63 NoteOn_60",
+            " ".join(["NoteOn_60 Velocity_63"] * 4 + ["NoteOn_60"]),
             "pairing[",
-            "strikes pitch 60 again while 3 notes of it are still sounding",
+            "strikes pitch 60 again while 4 notes of it are still sounding",
         ),
         (
             "NoteOn_60 Velocity_63 TimeShift_1.0.8 NoteOff_62",

@@ -319,22 +319,22 @@ def _score(tpq: int, meters: list[tuple[int, int, int]], notes: list[tuple[int, 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="MIDILike bound (gramophone.grammar.midilike, max_open_per_pitch=3): a NoteOn of a "
-    "pitch already sounding three times in the track is rejected, though miditok writes it "
-    "(four voices on one pitch); lifting the bound: remove KNOWN's midilike entry too",
+    reason="MIDILike bound (gramophone.grammar.midilike, max_open_per_pitch=4): a NoteOn of a "
+    "pitch already sounding four times in the track is rejected, though miditok writes it "
+    "(five voices on one pitch); lifting the bound: remove KNOWN's midilike entry too",
 )
-def test_midilike_four_overlapping_notes_of_one_pitch_are_accepted() -> None:
+def test_midilike_five_overlapping_notes_of_one_pitch_are_accepted() -> None:
     tok = midilike_tests.tokenizer_for("default")
     auto = midilike_tests.automaton_for("default")
-    assert midilike_tests.grammar_for("default").max_open_per_pitch == 3
-    # C4 held to the end of the bar, struck again (by another voice) on each beat.
-    notes = [(beat * 480, 1920 - beat * 480, 60) for beat in range(4)]
+    assert midilike_tests.grammar_for("default").max_open_per_pitch == 4
+    # C4 held to the end of the bar, struck again (by another voice) on each half beat.
+    notes = [(k * 240, 1920 - k * 240, 60) for k in range(5)]
     [ids] = encode(tok, _score(480, [(0, 4, 4)], notes))
     tokens = [auto.vocab[i] for i in ids]
-    assert tokens.count("NoteOn_60") == 4 and tokens[-4:] == ["NoteOff_60"] * 4  # all four sound at once
+    assert tokens.count("NoteOn_60") == 5 and tokens[-5:] == ["NoteOff_60"] * 5  # all five sound at once
     assert miditok_errors(tok, ids) == 0
-    three = encode(tok, _score(480, [(0, 4, 4)], notes[1:]))[0]
-    assert check_ids(auto, three) is None  # three at once: within the bound
+    four = encode(tok, _score(480, [(0, 4, 4)], notes[1:]))[0]
+    assert check_ids(auto, four) is None  # four at once: within the bound
     assert check_ids(auto, ids) is None
 
 
@@ -372,7 +372,7 @@ def test_the_known_filters_are_narrow() -> None:
     # The MIDILike overlap is recognized as such.
     mtok = midilike_tests.tokenizer_for("default")
     mauto = midilike_tests.automaton_for("default")
-    mscore = _score(480, [(0, 4, 4)], [(beat * 480, 1920 - beat * 480, 60) for beat in range(4)])
+    mscore = _score(480, [(0, 4, 4)], [(k * 240, 1920 - k * 240, 60) for k in range(5)])
     [mids] = encode(mtok, mscore)
     mtokens = [mauto.vocab[i] for i in mids]
     mviolation = check_ids(mauto, mids)
