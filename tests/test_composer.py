@@ -421,6 +421,13 @@ TINY = {
     "time_signature_range": {4: [3, 4]},
     "use_pitchdrum_tokens": False,
 }
+_REMI_DRUMS = {
+    "pitch_range": (55, 70),
+    "remove_duplicated_notes": True,
+    "use_programs": True,
+    "programs": [-1, 0],
+    "use_pitchdrum_tokens": True,
+}
 EXACT_CASES = [
     (
         "REMI",
@@ -434,13 +441,7 @@ EXACT_CASES = [
     ),
     (
         "REMI",
-        {
-            "pitch_range": (55, 70),
-            "remove_duplicated_notes": True,
-            "use_programs": True,
-            "programs": [-1, 0],
-            "use_pitchdrum_tokens": True,
-        },
+        _REMI_DRUMS,
         {"key": "D:minor", "pitch_range": "56:64", "max_notes_per_onset": "1"},
     ),
     (
@@ -465,14 +466,14 @@ EXACT_CASES = [
     ),
     (
         "MIDILike",
-        {"pitch_range": (60, 65), "use_programs": True, "programs": [0, 1]},
+        {"pitch_range": (60, 65), "use_programs": True, "programs": [0, 1], "_max_open": 1},
         {"key": "C:major", "max_notes_per_onset": "2"},
     ),
     # MIDILike with remove_duplicated_notes: note-ons at one onset ascend (onset-order, with
     # more than one open note per key); no chord asks for a note, so a key's pitches are free.
     (
         "MIDILike",
-        {"pitch_range": (60, 66), "remove_duplicated_notes": True},
+        {"pitch_range": (60, 66), "remove_duplicated_notes": True, "_max_open": 2},
         {"key": "C:major", "pitch_range": "60:64", "max_notes_per_onset": "2"},
     ),
     # The plain grammars with drums: the highest drum pitch above the highest pitch (miditok's
@@ -480,13 +481,7 @@ EXACT_CASES = [
     # only below the highest pitch of its own kind (a hypothesis walk found the dead end).
     (
         "REMI",
-        {
-            "pitch_range": (55, 70),
-            "remove_duplicated_notes": True,
-            "use_programs": True,
-            "programs": [-1, 0],
-            "use_pitchdrum_tokens": True,
-        },
+        _REMI_DRUMS,
         {},
     ),
     (
@@ -516,12 +511,22 @@ def test_distances_are_exact_with_neutral_components_left_out(
 
     from gramophone.decoding import tables as tables_module
     from gramophone.grammar import fsa
+    from gramophone.grammar.midilike import derive as derive_midilike
+    from gramophone.grammar.schemes import base_vocab, compile_scheme
 
     monkeypatch.setattr(tables_module, "NEUTRAL_CELLS", 1)
-    auto = with_constraints(
-        compile_tokenizer(getattr(miditok, scheme)(miditok.TokenizerConfig(**{**TINY, **config}))),
-        ComposerConstraints.parse(**options),
+    max_open = config.get("_max_open")  # MIDILike's bound, below the default: a full product that fits
+    tok = getattr(miditok, scheme)(
+        miditok.TokenizerConfig(**{**TINY, **{k: v for k, v in config.items() if k[0] != "_"}})
     )
+    grammar = (
+        compile_tokenizer(tok)
+        if max_open is None
+        else compile_scheme(
+            derive_midilike(tok, max_open_per_pitch=max_open), base_vocab(tok), {"scheme": "midilike"}
+        )
+    )
+    auto = with_constraints(grammar, ComposerConstraints.parse(**options))
     bars = 2 if scheme == "REMI" else None
     tab = decoding_tables(auto, bars, use_cache=False)
     if any(c.neutral for c in auto.components):

@@ -20,6 +20,27 @@ from tests.learned_fixtures import trained_tokenizer_path
 from tests.test_training import TINY
 
 
+def _decode(
+    backend: str,
+    model: Path,
+    out: Path,
+    *,
+    num: int,
+    max_tokens: int,
+    seed: int,
+    capsys: pytest.CaptureFixture[str],
+) -> list[list[int]]:
+    """``gramophone decode`` from ``model`` into ``out``: the ids of each piece written."""
+    code = main(
+        ["decode", "--backend", backend, "--checkpoint", str(model), "--num", str(num),
+         "--max-tokens", str(max_tokens), "--no-audio", "--seed", str(seed), "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    pieces = [json.loads(p.read_text())["ids"] for p in sorted(out.glob("piece-*.json"))]
+    assert len(pieces) == num
+    return pieces
+
+
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_train_and_decode_with_a_bpe_vocabulary(
     backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -45,16 +66,13 @@ def test_train_and_decode_with_a_bpe_vocabulary(
     assert ckpt.read_info(out / "model").step == 6
 
     dec = tmp_path / "decoded"
-    code = main(
-        ["decode", "--backend", backend, "--checkpoint", str(out / "model"), "--num", "3",
-         "--max-tokens", "40", "--no-audio", "--seed", "3", "--out", str(dec)]
-    )  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    for piece in sorted(dec.glob("piece-*.json")):
-        ids = json.loads(piece.read_text())["ids"]
+    pieces = _decode(backend, out / "model", dec, num=3, max_tokens=40, seed=3, capsys=capsys)
+    assert (
+        main(["check", "--tokenizer", str(dec / "tokenizer.json"), *map(str, dec.glob("piece-*.json"))]) == 0
+    )
+    for ids in pieces:
         assert len(ids) <= 40
         assert ids[0] == learned.model_id("BOS_None") and ids[-1] == learned.model_id("EOS_None")
-        assert main(["check", "--tokenizer", str(dec / "tokenizer.json"), str(piece)]) == 0
         body = ids[1:-1]
         assert tokenizer.tokens_errors(TokSequence(ids=list(body), are_ids_encoded=True)) == 0
         base, _ = learned.expand(ids)
@@ -143,14 +161,9 @@ def test_train_and_decode_with_a_tsd_vocabulary_on_a_folder(
     tokenizer = load_tokenizer(tok_path)
     learned = model_vocab(tokenizer)
     assert ckpt.read_info(out / "model").model.vocab_size == len(learned)
-    dec = tmp_path / "decoded"
-    code = main(
-        ["decode", "--backend", backend, "--checkpoint", str(out / "model"), "--num", "2",
-         "--max-tokens", "48", "--no-audio", "--seed", "1", "--out", str(dec)]
-    )  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    for piece in sorted(dec.glob("piece-*.json")):
-        ids = json.loads(piece.read_text())["ids"]
+    for ids in _decode(
+        backend, out / "model", tmp_path / "decoded", num=2, max_tokens=48, seed=1, capsys=capsys
+    ):
         assert len(ids) <= 48 and ids[-1] == learned.model_id("EOS_None")
         assert tokenizer.tokens_errors(TokSequence(ids=list(ids[1:-1]), are_ids_encoded=True)) == 0
 
