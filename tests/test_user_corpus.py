@@ -247,6 +247,34 @@ def test_a_stream_the_grammar_rejects_is_a_grammar_bug_line(tmp_path: Path, cach
     assert f"{len(middle_c)} rejected by the grammar (a bug)" in notes[-1]
 
 
+def test_music_beyond_a_documented_bound_is_named_not_called_a_bug(tmp_path: Path, cache: Path) -> None:
+    """MIDILike holds at most 4 notes of one key sounding at once: a file with five voices
+    on one pitch is skipped with the checker's words for that bound, not as a grammar bug."""
+    import miditok
+
+    from gramophone.grammar import compile_tokenizer
+
+    tok = miditok.MIDILike(miditok.TokenizerConfig(special_tokens=["PAD", "BOS", "EOS"]))
+    root = tmp_path / "corpus"
+    paths = make_corpus(root, n=10, bad=False)
+    score = ScoreTick(480)
+    score.time_signatures.append(TimeSignatureTick(0, 4, 4))
+    track = TrackTick("voices", 0, False)
+    for k in range(5):  # C4 held to the bar's end, struck again every half beat
+        track.notes.append(NoteTick(k * 240, 1920 - k * 240, 60, 80))
+    score.tracks.append(track)
+    (root / "unison.mid").write_bytes(bytes(score.dumps_midi()))
+    notes: list[str] = []
+    config = DataConfig(paths=(str(root),))
+    _, report = build_corpus(
+        tok, compile_tokenizer(tok), config, workers=1, progress=False, on_note=notes.append
+    )
+    [line] = [line for line in notes if ": skipped: " in line]
+    assert line.startswith(f"{_display(root / 'unison.mid')}: skipped: token ")
+    assert "strikes pitch 60 again while 4 notes of it are still sounding" in line and "BUG" not in line
+    assert report.num_used == len(paths) and "1 beyond a documented bound of the grammar" in notes[-1]
+
+
 def test_windows_that_cannot_start_at_bars_are_a_grammar_bug_line(tmp_path: Path, cache: Path) -> None:
     """A grammar whose state at a bar depends on the bars before it (here: odd bars forbid
     Pitch_96) breaks windows that start at bars: those files are skipped with a GRAMMAR BUG?

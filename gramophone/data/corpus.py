@@ -131,6 +131,7 @@ SKIP_KINDS = {
     "no-notes": "no notes",
     "tokenizer": "miditok failed",
     "grammar": "rejected by the grammar (a bug)",
+    "bound": "beyond a documented bound of the grammar",
     "crash": "crashed a worker",
 }
 # Base token types that sound a note (any scheme): a stream without one has no music.
@@ -468,14 +469,27 @@ def _encode_file(
     return out, unfit
 
 
-def _grammar_bug(ctx: _Context, ids: np.ndarray, states: np.ndarray, k: int) -> str | None:
-    """Why the automaton rejects the stream (``states`` int32[L, K] along it), or None."""
+#: Components whose rejection of what miditok wrote is a documented bound, not a bug:
+#: MIDILike's notes of one key (``pairing[...]``) and of one program (``open-notes``)
+#: sounding at once (:mod:`gramophone.grammar.midilike`).
+BOUND_COMPONENTS = ("pairing[", "open-notes")
+
+
+def _grammar_rejection(ctx: _Context, ids: np.ndarray, states: np.ndarray, k: int) -> tuple[str, str] | None:
+    """``(kind, why)`` the automaton rejects the stream (``states`` int32[L, K] along it),
+    or None: ``bound`` where the checker's rejecting component is one of
+    :data:`BOUND_COMPONENTS` (its words say which bound), else ``grammar``."""
     bad = np.flatnonzero((states == REJECT).any(axis=1))
     if not bad.size:
         return None
+    from gramophone.grammar.checker import check_stream
+
     i = int(bad[0])
     where = f" (transposed {k:+d})" if k else ""
-    return (
+    violation = check_stream(ctx.automaton, [int(t) for t in ids]).violation  # which component
+    if violation is not None and violation.rejected_by.startswith(BOUND_COMPONENTS):
+        return "bound", f"token {i}{where}: {violation.reason}"
+    return "grammar", (
         f"GRAMMAR BUG? the grammar rejects token {i} ({ctx.vocab[int(ids[i])]}) of its stream{where}; "
         "please report it (gramophone check --tokenizer T.json FILE shows where)"
     )
@@ -555,15 +569,16 @@ def _tokenize_chunk(ctx: _Context, task: _Task, shard_dir: Path) -> _ChunkResult
             records += [{"h": h, "k": k, "status": "unfit"} for k in unfit]
             streams += [(h, k, ids) for k, ids in encoded]
 
-        # The automaton along every stream; a rejected one is a grammar bug.
+        # The automaton along every stream; a rejected one is a grammar bug or beyond a bound.
         runs = _run_states(ctx.automaton, [ids for _, _, ids in streams], ctx.pad) if streams else []
         kept: list[int] = []
         for i, ((h, k, ids), states) in enumerate(zip(streams, runs, strict=True)):
-            bug = _grammar_bug(ctx, ids, states, k)
-            if bug is None:
+            rejection = _grammar_rejection(ctx, ids, states, k)
+            if rejection is None:
                 kept.append(i)
             else:
-                records.append({"h": h, "k": k, "status": "skip", "kind": "grammar", "reason": bug})
+                kind, why = rejection
+                records.append({"h": h, "k": k, "status": "skip", "kind": kind, "reason": why})
         K = ctx.automaton.num_components
         flat = np.concatenate([runs[i] for i in kept]) if kept else np.zeros((0, K), np.int32)
         local, unique = _compact(flat, [c.num_states for c in ctx.automaton.components])
