@@ -311,18 +311,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # -- tokenize ---------------------------------------------------------------------------
-MIDI_SUFFIXES = (".mid", ".midi", ".smf")
-
-
 def _expand_midi_paths(paths: Sequence[str]) -> Iterator[str]:
-    """Files as given; a folder becomes its MIDI files (recursively, sorted)."""
+    """Files as given; a folder becomes its MIDI files (recursively, sorted, as ``train
+    --data`` finds them)."""
+    from gramophone.data.corpus import MIDI_FILE_SUFFIXES, midi_files_below
+
     for name in paths:
         p = Path(name)
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MIDI_SUFFIXES)
+            found = midi_files_below(p)
             if not found:
-                raise GramophoneError(f"{name}: no MIDI files ({', '.join(MIDI_SUFFIXES)}) in this folder")
-            yield from found
+                suffixes = ", ".join(MIDI_FILE_SUFFIXES)
+                raise GramophoneError(f"{name}: no MIDI files ({suffixes}) in this folder")
+            yield from map(str, found)
         else:
             yield name
 

@@ -108,6 +108,7 @@ __all__ = [
     "corpus_code_hash",
     "find_midi_files",
     "load_data",
+    "midi_files_below",
     "resolve_data_paths",
 ]
 
@@ -194,7 +195,7 @@ def _display(path: Path) -> str:
     return str(path)
 
 
-def _walk(root: Path) -> list[Path]:
+def midi_files_below(root: Path) -> list[Path]:
     """MIDI files below ``root`` (sorted; symbolic links followed, each folder once)."""
     out: list[Path] = []
     seen: set[tuple[int, int]] = set()
@@ -231,7 +232,7 @@ def find_midi_files(paths: Sequence[str]) -> list[MidiFile]:
             continue
         p = Path(given)
         if p.is_dir():
-            out += [MidiFile(_display(f), f) for f in _walk(p)]
+            out += [MidiFile(_display(f), f) for f in midi_files_below(p)]
         elif p.exists() or p.is_symlink():
             out.append(MidiFile(_display(p), p))
         else:
