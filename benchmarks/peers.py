@@ -27,7 +27,15 @@ the shipped config): the logits of each step are noise with the stream's next to
 top, so the argmax of the masked logits *is* the real token and every system visits the
 same states; a system whose mask rejects a real token is recorded with ``status: "error"``.
 Timing: one untimed warm-up pass (JIT, caches), then the median of ``repeats`` passes, each
-from fresh matchers/states, divided by the number of steps. Frameworks and peers are
+from fresh matchers/states, divided by the number of steps. Each step is timed on its own,
+from the moment the model's logits are in their array to the next state: before it, untimed,
+the model writes its logits into the array the system masks (numpy, or a torch tensor for
+torch and xgrammar; a fresh array for JAX), so the step finds them where a real one does,
+just written and in the caches; the peers mask that array in place, as their kernels are
+meant to be used. JAX's ``lax.scan`` loop is the exception: its logits are on the device
+before the pass, which is timed whole. (Until session 10 the passes were timed whole, every
+system reading each step's logits from a pool larger than the caches, and the peers copying
+them into their array inside the timing.) Frameworks and peers are
 imported inside the functions that use them; a peer that is not installed gives records
 with ``value: null`` and ``status: "missing"``.
 """
@@ -170,22 +178,37 @@ def grammar_text(system: str, tokens: RemiTokens, level: str) -> str:
 
 # -- systems -----------------------------------------------------------------------------------
 class _Stepper(ABC):
-    """One system's decoding loop: ``inputs`` and ``prepare`` untimed, ``steps`` timed."""
+    """One system's decoding loop: ``prepare`` and ``write`` untimed, ``step`` timed.
+
+    Each step the model writes its logits into ``buffer`` (``write``, untimed: the output
+    of its last layer, in the caches as a real step finds it), then ``step`` masks them,
+    takes the argmax and advances."""
 
     #: How a step is done (the records' ``notes``).
     how = ""
+    #: True: the system runs every step in one call (``whole_pass``), not ``step``.
+    fused = False
 
-    def inputs(self, logits: np.ndarray) -> Any:
-        """``logits float32[T, B, W]`` in the system's own arrays."""
-        return logits
+    def buffer(self, batch: int, width: int) -> Any:
+        """The array the model writes each step's logits into."""
+        return np.empty((batch, width), dtype=np.float32)
+
+    def write(self, buffer: Any, logits: np.ndarray) -> Any:
+        """One step's logits ``float32[B, W]`` written into ``buffer``; what ``step`` reads."""
+        buffer[:] = logits
+        return buffer
 
     @abstractmethod
     def prepare(self, batch: int) -> Any:
         """Fresh states (or matchers) for ``batch`` streams."""
 
     @abstractmethod
-    def steps(self, state: Any, inputs: Any) -> np.ndarray:
-        """Run every step; returns the chosen tokens ``int[B, T]``."""
+    def step(self, state: Any, logits: Any) -> tuple[Any, Any]:
+        """One step: the state after it and the chosen tokens (the system's own array)."""
+
+    def whole_pass(self, state: Any, logits: np.ndarray) -> tuple[float, np.ndarray]:
+        """Seconds and tokens ``int[B, T]`` of every step in one call (``fused`` systems)."""
+        raise NotImplementedError
 
 
 class _Kernels(_Stepper):
@@ -202,6 +225,7 @@ class _Kernels(_Stepper):
         from gramophone.decoding.rules import INF
 
         self.framework, self.path, self.scan = framework, path, scan
+        self.fused = scan  # JAX: all steps in one jitted lax.scan
         if path == "exact":
             tables = dataclasses.replace(tables, max_distance=INF)  # the exact mask at every step
         self.tables = tables
@@ -241,8 +265,8 @@ class _Kernels(_Stepper):
         if self.path == "floor":  # the same call on the bool[16, V] table, packed as one group
             self.tab = dataclasses.replace(
                 self.tab, bits=numba_kernels.pack_rows(self.floor),
-                next=self.floor_next.astype(np.int32), offsets=np.zeros(1, np.int64),
-                strides=np.zeros(1, np.int64), max_distance=0, start=np.zeros(1, np.int32),
+                next=self.floor_next.astype(np.int32), layout=np.zeros((2, 1), np.int64),
+                max_distance=0, start=np.zeros(1, np.int32),
             )  # fmt: skip
 
     def _setup_jax(self) -> None:
@@ -268,14 +292,20 @@ class _Kernels(_Stepper):
 
         self.step_fn, self.walk_fn = jax.jit(step), jax.jit(walk)
 
-    def inputs(self, logits: np.ndarray) -> Any:
+    def buffer(self, batch: int, width: int) -> Any:
         if self.framework == "torch":
             import torch
 
-            return torch.from_numpy(np.ascontiguousarray(logits))
+            return torch.empty((batch, width), dtype=torch.float32)
+        return super().buffer(batch, width)
+
+    def write(self, buffer: Any, logits: np.ndarray) -> Any:
+        if self.framework == "torch":
+            buffer.numpy()[:] = logits  # the tensor's own memory
+            return buffer
         if self.framework == "jax":
-            return self.jax.device_put(logits) if self.scan else [self.jax.device_put(x) for x in logits]
-        return logits
+            return self.jax.numpy.array(logits).block_until_ready()  # a fresh device array
+        return super().write(buffer, logits)
 
     def prepare(self, batch: int) -> Any:
         floor = self.path == "floor"
@@ -285,58 +315,48 @@ class _Kernels(_Stepper):
         if self.framework == "torch":
             import torch
 
+            self.floor_t, self.next_t = torch.from_numpy(self.floor), torch.from_numpy(self.floor_next)
             return torch.from_numpy(state.astype(np.int64))
         if self.framework == "jax":
             return self.jax.numpy.asarray(state, self.jax.numpy.int32)
         return state
 
-    def steps(self, state: Any, inputs: Any) -> np.ndarray:
-        K, tab, floor, floor_next = self.K, self.tab, self.floor, self.floor_next
+    def step(self, state: Any, logits: Any) -> tuple[Any, Any]:
+        K, tab = self.K, self.tab
+        floor = self.path == "floor"
         if self.framework == "jax":
-            if self.scan:
-                return np.asarray(self.walk_fn(tab, state, inputs).block_until_ready()).T
-            toks = []
-            for x in inputs:
-                state, tok = self.step_fn(tab, state, x)
-                toks.append(tok)
-            return np.stack([np.asarray(t) for t in toks], axis=1)
+            state, tok = self.step_fn(tab, state, logits)
+            return state, tok.block_until_ready()
         if self.framework == "torch":
             import torch
 
-            floor_t, next_t = torch.from_numpy(floor), torch.from_numpy(floor_next)
-            out = []
             with torch.inference_mode():
-                for x in inputs:
-                    if self.path == "floor":
-                        tok = x.masked_fill(~floor_t.index_select(0, state), -torch.inf).argmax(dim=1)
-                        state = next_t[state, tok]
-                    else:
-                        tok = K.apply(x, K.allowed(tab, state, self.remaining)).argmax(dim=1)
-                        state = K.advance(tab, state, tok)
-                    out.append(tok)
-            return torch.stack(out, dim=1).numpy()
-        out_np = []
+                if floor:
+                    tok = logits.masked_fill(~self.floor_t.index_select(0, state), -torch.inf).argmax(dim=1)
+                    return self.next_t[state, tok], tok
+                tok = K.apply(logits, K.allowed(tab, state, self.remaining)).argmax(dim=1)
+                return K.advance(tab, state, tok), tok
         if self.framework == "numba":  # mask, apply, argmax and advance in one compiled call
-            for x in inputs:
-                tok, state = K.step(tab, state, x, self.remaining)
-                out_np.append(tok)
-            return np.stack(out_np, axis=1)
-        for x in inputs:
-            if self.path == "floor":
-                tok = np.where(floor[state], x, -np.inf).argmax(axis=1)
-                state = floor_next[state, tok]
-            else:
-                tok = K.apply(x, K.allowed(tab, state, self.remaining)).argmax(axis=1)
-                state = K.advance(tab, state, tok)
-            out_np.append(tok)
-        return np.stack(out_np, axis=1)
+            tok, state = K.step(tab, state, logits, self.remaining)
+            return state, tok
+        if floor:
+            tok = np.where(self.floor[state], logits, -np.inf).argmax(axis=1)
+            return self.floor_next[state, tok], tok
+        tok = K.apply(logits, K.allowed(tab, state, self.remaining)).argmax(axis=1)
+        return K.advance(tab, state, tok), tok
+
+    def whole_pass(self, state: Any, logits: np.ndarray) -> tuple[float, np.ndarray]:
+        inputs = self.jax.device_put(logits).block_until_ready()  # on the device before the pass
+        t0 = time.perf_counter()
+        tokens = self.walk_fn(self.tab, state, inputs).block_until_ready()
+        return time.perf_counter() - t0, np.asarray(tokens).T
 
 
 class PeerEngine(_Stepper):
     """A peer engine over the delimited vocabulary (:func:`peer_tokens`), one grammar text.
 
     ``compile`` is from text to a compiled grammar; ``accepts`` runs one whole stream (and
-    the stop token); ``prepare``/``steps`` are the batched decoding loop.
+    the stop token); ``prepare``/``step`` are the batched decoding loop.
     """
 
     system = ""
@@ -434,28 +454,26 @@ class _Xgrammar(PeerEngine):
                 raise ValueError(f"token {i} is not allowed")
         return np.array(out)
 
-    def inputs(self, logits: np.ndarray) -> Any:
-        return self.torch.from_numpy(np.ascontiguousarray(logits))
+    def buffer(self, batch: int, width: int) -> Any:
+        return self.torch.empty((batch, width), dtype=self.torch.float32)
+
+    def write(self, buffer: Any, logits: np.ndarray) -> Any:
+        buffer.numpy()[:] = logits  # the tensor's own memory
+        return buffer
 
     def prepare(self, batch: int) -> Any:
         matchers = [self.xgr.GrammarMatcher(self.compiled) for _ in range(batch)]
-        return matchers, self.xgr.BatchGrammarMatcher(max_threads=1)
+        bitmask = self.xgr.allocate_token_bitmask(batch, self.width)
+        return matchers, self.xgr.BatchGrammarMatcher(max_threads=1), bitmask
 
-    def steps(self, state: Any, inputs: Any) -> np.ndarray:
+    def step(self, state: Any, logits: Any) -> tuple[Any, Any]:
         xgr = self.xgr
-        matchers, batch_matcher = state
-        T, B, W = inputs.shape
-        bitmask = xgr.allocate_token_bitmask(B, W)
-        logits = self.torch.empty((B, W), dtype=self.torch.float32)
-        chosen = np.empty((B, T), dtype=np.int64)
-        for t in range(T):
-            batch_matcher.batch_fill_next_token_bitmask(matchers, bitmask)
-            logits.copy_(inputs[t])  # the mask is applied in place
-            xgr.apply_token_bitmask_inplace(logits, bitmask)
-            toks = logits.argmax(dim=1).tolist()
-            xgr.BatchGrammarMatcher.batch_accept_token(matchers, toks)
-            chosen[:, t] = toks
-        return chosen
+        matchers, batch_matcher, bitmask = state
+        batch_matcher.batch_fill_next_token_bitmask(matchers, bitmask)
+        xgr.apply_token_bitmask_inplace(logits, bitmask)  # the model's logits, in place
+        toks = logits.argmax(dim=1).tolist()
+        xgr.BatchGrammarMatcher.batch_accept_token(matchers, toks)
+        return state, toks
 
 
 class _VocabWrapper:
@@ -527,24 +545,18 @@ class _LLGuidance(PeerEngine):
 
     def prepare(self, batch: int) -> Any:
         matchers = [self.compiled.deep_copy() for _ in range(batch)]
-        return matchers, self.llg.LLExecutor(num_threads=1)
-
-    def steps(self, state: Any, inputs: np.ndarray) -> np.ndarray:
-        llnp = self.llnp
-        matchers, executor = state
-        T, B, W = inputs.shape
-        bitmask = llnp.allocate_token_bitmask(B, W)
-        logits = np.empty((B, W), dtype=np.float32)
-        chosen = np.empty((B, T), dtype=np.int64)
         slots = [(m, i) for i, m in enumerate(matchers)]
-        for t in range(T):
-            llnp.fill_next_token_bitmask_par(executor, slots, bitmask)
-            logits[:] = inputs[t]  # the mask is applied in place
-            llnp.apply_token_bitmask_inplace(logits, bitmask)
-            toks = logits.argmax(axis=1).tolist()
-            llnp.consume_token_par(executor, list(zip(matchers, toks, strict=True)))
-            chosen[:, t] = toks
-        return chosen
+        bitmask = self.llnp.allocate_token_bitmask(batch, self.width)
+        return matchers, slots, self.llg.LLExecutor(num_threads=1), bitmask
+
+    def step(self, state: Any, logits: np.ndarray) -> tuple[Any, Any]:
+        llnp = self.llnp
+        matchers, slots, executor, bitmask = state
+        llnp.fill_next_token_bitmask_par(executor, slots, bitmask)
+        llnp.apply_token_bitmask_inplace(logits, bitmask)  # the model's logits, in place
+        toks = logits.argmax(axis=1).tolist()
+        llnp.consume_token_par(executor, list(zip(matchers, toks, strict=True)))
+        return state, toks
 
 
 class _OutlinesCore(PeerEngine):
@@ -605,26 +617,21 @@ class _OutlinesCore(PeerEngine):
         return np.array(out)
 
     def prepare(self, batch: int) -> Any:
-        return [self.oc.Guide(self.compiled) for _ in range(batch)]
+        guides = [self.oc.Guide(self.compiled) for _ in range(batch)]
+        bitmask = np.full((batch, (self.width + 31) // 32), -1, dtype=np.int32)
+        rows = [bitmask[i : i + 1] for i in range(batch)]  # (1, words) views: one per guide
+        return guides, rows, bitmask
 
-    def steps(self, state: Any, inputs: np.ndarray) -> np.ndarray:
+    def step(self, state: Any, logits: np.ndarray) -> tuple[Any, Any]:
         ocnp = self.ocnp
-        guides = state
-        T, B, W = inputs.shape
-        bitmask = np.full((B, (W + 31) // 32), -1, dtype=np.int32)
-        rows = [bitmask[i : i + 1] for i in range(B)]  # (1, words) views: one per guide
-        logits = np.empty((B, W), dtype=np.float32)
-        chosen = np.empty((B, T), dtype=np.int64)
-        for t in range(T):
-            for guide, row in zip(guides, rows, strict=True):
-                ocnp.fill_next_token_bitmask(guide, row)
-            logits[:] = inputs[t]  # the mask is applied in place
-            ocnp.apply_token_bitmask_inplace(logits, bitmask)
-            toks = logits.argmax(axis=1).tolist()
-            for guide, tok in zip(guides, toks, strict=True):
-                guide.advance(tok, return_tokens=False)
-            chosen[:, t] = toks
-        return chosen
+        guides, rows, bitmask = state
+        for guide, row in zip(guides, rows, strict=True):
+            ocnp.fill_next_token_bitmask(guide, row)
+        ocnp.apply_token_bitmask_inplace(logits, bitmask)  # the model's logits, in place
+        toks = logits.argmax(axis=1).tolist()
+        for guide, tok in zip(guides, toks, strict=True):
+            guide.advance(tok, return_tokens=False)
+        return state, toks
 
 
 _ENGINES: dict[str, type[PeerEngine]] = {
@@ -660,17 +667,28 @@ def _logits(tokens: np.ndarray, width: int, seed: int = 0) -> np.ndarray:
 
 def _time_steps(stepper: _Stepper, logits: np.ndarray, repeats: int) -> tuple[list[float], np.ndarray]:
     """Microseconds per step (whole batch) of each timed pass, and the tokens chosen in the
-    warm-up pass."""
-    inputs = stepper.inputs(logits)
-    batch, steps = logits.shape[1], logits.shape[0]
-    chosen = stepper.steps(stepper.prepare(batch), inputs)  # warm-up: JIT, caches
-    samples = []
-    for _ in range(repeats):
+    untimed warm-up pass (JIT, caches). Each step is timed on its own: the model's writing
+    of its logits (``write``) is left out, the step that reads them is in."""
+    steps, batch, width = logits.shape
+    passes, chosen = [], np.empty((batch, steps), dtype=np.int64)
+    buffer = stepper.buffer(batch, width)
+    for i in range(repeats + 1):
         state = stepper.prepare(batch)
-        t0 = time.perf_counter()
-        stepper.steps(state, inputs)
-        samples.append(time.perf_counter() - t0)
-    return [1e6 * x / steps for x in samples], chosen
+        if stepper.fused:
+            seconds, tokens = stepper.whole_pass(state, logits)
+            chosen[:] = tokens
+        else:
+            seconds = 0.0
+            for t in range(steps):
+                x = stepper.write(buffer, logits[t])
+                t0 = time.perf_counter()
+                state, tok = stepper.step(state, x)
+                seconds += time.perf_counter() - t0
+                if i == 0:
+                    chosen[:, t] = np.asarray(tok)
+        if i > 0:
+            passes.append(1e6 * seconds / steps)
+    return passes, chosen
 
 
 def _measure(

@@ -12,7 +12,10 @@ without writing the ``bool[B, V]`` mask or a masked copy of the logits: greedy, 
 temperature + Gumbel-max (rules 2, 4 and 7 of :mod:`gramophone.decoding.rules`, bit for bit
 the numpy kernels' choice). Greedy, it takes numpy's vectorized argmax first and reads only
 that token's mask bit (and near the budget's end its distance); a stream whose best token is
-refused, or not finite, gets its mask built in words and its allowed logits scanned. Top-k
+refused, or not finite, gets its mask built in words and its allowed logits scanned run by
+run (a run: consecutive allowed tokens), each logit's order-preserving integer key packed with
+its index so that the scan is a maximum without a branch on the logits (fresh logits every
+step would mispredict one); the Gumbel-max sampler scans the same way. Top-k
 and top-p need the whole sorted row; with them :func:`step` runs :func:`allowed`, the numpy
 :func:`~gramophone.kernels.numpy.choose` and :func:`advance`. Everything runs on the calling
 thread. ::
@@ -66,8 +69,7 @@ class NumbaTables:
 
     bits: np.ndarray  # uint64 (sum of S_g+1, W): each group's valid rows as bits, little-endian
     next: np.ndarray  # int32 (sum of S_g+1, V): each group's next rows
-    offsets: np.ndarray  # int64 (G,): each group's first row in ``bits`` and ``next``
-    strides: np.ndarray  # int64 (G,): each group's stride in ``dist`` (0: left out)
+    layout: np.ndarray  # int64 (2, G): per group, its first row in bits and next; its stride in dist
     dist: np.ndarray  # flat cartesian distances (uint8 / uint16)
     dist_inf: int
     max_distance: int
@@ -96,8 +98,7 @@ def device_tables(tables: DecodingTables) -> NumbaTables:
         got = _CACHE[tables] = NumbaTables(
             bits=np.ascontiguousarray(np.concatenate(rows)),
             next=np.ascontiguousarray(np.concatenate(tables.next).astype(np.int32)),
-            offsets=np.cumsum([0, *sizes[:-1]]).astype(np.int64),
-            strides=np.asarray(tables.strides, dtype=np.int64),
+            layout=np.stack([np.cumsum([0, *sizes[:-1]]), np.asarray(tables.strides)]).astype(np.int64),
             dist=np.ascontiguousarray(tables.dist),
             dist_inf=int(tables.dist_inf),
             max_distance=int(tables.max_distance),
@@ -113,46 +114,72 @@ def start(tab: NumbaTables, batch: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- compiled parts
+# ``layout`` int64[2, G]: each group's first row in ``bits`` and ``next`` (row 0) and its
+# stride in ``dist`` (row 1, 0: left out). ``limit`` < 0: the cheap mask (far from the
+# budget's end); else the exact mask keeps tokens whose distance to an ending is below it.
+
+_FMAX32 = np.float32(FMAX)  # a compile-time constant of the kernels
 
 
-@numba.njit(nogil=True, cache=True)
-def _cheap_bits(bits, offsets, state, out):
-    """``out`` uint64[B, W]: the AND of each stream's group rows."""
-    for b in range(state.shape[0]):
-        _row_and(bits, offsets, state, b, out[b])
+@numba.njit(nogil=True, cache=True, inline="always")
+def _row_and(bits, layout, state, b, out):
+    """``out`` uint64[W]: the AND of stream ``b``'s group rows."""
+    G = state.shape[1]
+    r0 = layout[0, 0] + state[b, 0]
+    for w in range(out.shape[0]):
+        out[w] = bits[r0, w]
+    for g in range(1, G):
+        r = layout[0, g] + state[b, g]
+        for w in range(out.shape[0]):
+            out[w] &= bits[r, w]
 
 
-@numba.njit(nogil=True, cache=True)
-def _flat(nxt, offsets, strides, state, b, v):  # noqa: PLR0917 - compiled
+@numba.njit(nogil=True, cache=True, inline="always")
+def _flat(nxt, layout, state, b, v):
     """Stream ``b``'s cell in the flat distance table after token ``v``."""
     flat = 0
     for g in range(state.shape[1]):
-        if strides[g] != 0:
-            flat += np.int64(nxt[offsets[g] + state[b, g], v]) * strides[g]
+        if layout[1, g] != 0:
+            flat += np.int64(nxt[layout[0, g] + state[b, g], v]) * layout[1, g]
     return flat
 
 
 @numba.njit(nogil=True, cache=True)
-def _exact_row(nxt, offsets, strides, dist, limit, state, b, V, out):  # noqa: PLR0917 - compiled
-    """``out`` uint64[W], stream ``b``'s cheap mask: keeps the tokens after which the
-    distance to an ending is below ``limit``. Only the cheap mask's tokens are looked up: a
-    token some group's row forbids leads to a dead state, never below ``limit``."""
+def _mask_words(bits, nxt, layout, dist, limit, state, b, V, out):  # noqa: PLR0917 - compiled
+    """``out`` uint64[W]: stream ``b``'s mask. The exact mask looks up only the cheap
+    mask's tokens: a token some group's row forbids leads to a dead state, never below
+    ``limit``."""
+    _row_and(bits, layout, state, b, out)
+    if limit < 0:
+        return
     one = np.uint64(1)
     for w in range(out.shape[0]):
         m = out[w]
         keep = np.uint64(0)
         for j in range(min(64, V - w * 64)):
-            if (m >> np.uint64(j)) & one and dist[_flat(nxt, offsets, strides, state, b, w * 64 + j)] < limit:
+            if (m >> np.uint64(j)) & one and dist[_flat(nxt, layout, state, b, w * 64 + j)] < limit:
                 keep |= one << np.uint64(j)
         out[w] = keep
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _allows(bits, nxt, layout, dist, limit, state, b, j):  # noqa: PLR0917 - compiled
+    """Whether stream ``b``'s mask has token ``j``: its bit in each group's row, and with
+    the exact mask its distance."""
+    w = j >> 6
+    m = bits[layout[0, 0] + state[b, 0], w]
+    for g in range(1, state.shape[1]):
+        m &= bits[layout[0, g] + state[b, g], w]
+    if not (m >> np.uint64(j & 63)) & np.uint64(1):
+        return False
+    return limit < 0 or dist[_flat(nxt, layout, state, b, j)] < limit
+
+
 @numba.njit(nogil=True, cache=True)
-def _exact_bits(bits, nxt, offsets, strides, dist, limit, state, V, out):  # noqa: PLR0917 - compiled
-    """``out`` uint64[B, W]: the exact mask of every stream."""
+def _masks(bits, nxt, layout, dist, limit, state, V, out):  # noqa: PLR0917 - compiled
+    """``out`` uint64[B, W]: every stream's mask."""
     for b in range(state.shape[0]):
-        _row_and(bits, offsets, state, b, out[b])
-        _exact_row(nxt, offsets, strides, dist, limit, state, b, V, out[b])
+        _mask_words(bits, nxt, layout, dist, limit, state, b, V, out[b])
 
 
 @numba.njit(nogil=True, cache=True)
@@ -164,143 +191,152 @@ def _unpack(maskbits, V, out):
             out[b, v] = (maskbits[b, v >> 6] >> np.uint64(v & 63)) & one
 
 
-@numba.njit(nogil=True, cache=True)
-def _sane(x, fmax):
+@numba.njit(nogil=True, cache=True, inline="always")
+def _sane(x):
     """Rule 2 on one float32 logit: NaN to -FMAX, infinities to +-FMAX."""
     if math.isnan(x):
-        return -fmax
-    if x > fmax:
-        return fmax
-    if x < -fmax:
-        return -fmax
+        return -_FMAX32
+    if x > _FMAX32:
+        return _FMAX32
+    if x < -_FMAX32:
+        return -_FMAX32
     return x
 
 
-@numba.njit(nogil=True, cache=True)
-def _choose_advance(  # noqa: PLR0917 - compiled: positional arguments only
-    bits,
-    nxt,
-    offsets,
-    strides,
-    dist,
-    limit,
-    exact,
-    logits,
-    gumbel,
-    temp,
-    greedy,
-    top,
-    state,
-    fmax,
-    tok,
-    out_state,
-):
-    """Each stream's token (greedy, or Gumbel-max at temperature ``temp``) among the
-    tokens of its mask, and the state after it: the numpy kernels' choice. The mask is the
-    cheap mask (the AND of the stream's group rows), and with ``exact`` the tokens of it
-    after which the distance to an ending is below ``limit``; it is built for a stream only
-    when needed, in ``W`` words.
+def _float_key(x: float) -> int:
+    """The order-preserving integer key of a float32 (see :func:`_key`)."""
+    i = int(np.float32(x).view(np.int32))
+    return i ^ ((i >> 31) & 0x7FFFFFFF)
 
-    Greedy, ``top`` (int64[B], or empty) holds each row's unmasked argmax: when that token
-    is allowed and its logit finite and above ``-fmax``, it is the masked argmax (the first
-    index of the row's maximum is the first allowed index of it; no NaN or infinity in the
-    row, which numpy's argmax would have returned, so sanitizing changes nothing), and only
-    its own mask bit and distance are read."""
-    B, G = state.shape
-    W = bits.shape[1]
-    V = logits.shape[1]
+
+# the keys of -FMAX and FMAX: rule 2 clamps keys to them (compile-time constants)
+_KEY_LO, _KEY_HI = np.int64(_float_key(-FMAX)), np.int64(_float_key(FMAX))
+_NONE = np.int64(-(2**63))  # below every packed key: nothing allowed
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _key(i):
+    """The sanitized float32 with bits ``i`` (int32) as an integer with the same order: the
+    bits with the magnitude flipped on negative floats, -0.0 as +0.0; NaN as -FMAX and the
+    infinities as +-FMAX (rule 2). No branch: a select per case."""
+    k = np.int64(i) ^ ((np.int64(i) >> 31) & 0x7FFFFFFF)
+    k = _KEY_LO if k < _KEY_LO else k
+    k = _KEY_HI if k > _KEY_HI else k
+    k = _KEY_LO if (i & 0x7FFFFFFF) > 0x7F800000 else k  # NaN
+    return k + (k == -1)  # -0.0 ties with +0.0
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _first_run(m):
+    """``(lo, hi, rest)``: the lowest run of set bits of ``m`` (nonzero) is bits
+    ``lo..hi-1``; ``rest``: ``m`` without it. Masks are mostly a few runs (pitches,
+    velocities, durations, positions), so loops go run by run, not bit by bit."""
     one = np.uint64(1)
-    full = ~np.uint64(0)
-    words = np.empty(W, dtype=np.uint64)
+    lo = _bit_index(m & (~m + one))
+    above = ~(m | (m - one))  # clear on the run and below it
+    if above == 0:
+        return lo, 64, np.uint64(0)
+    hi = _bit_index(above & (~above + one))
+    return lo, hi, m & ~((one << np.uint64(hi)) - one)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _best(words, keys, b):
+    """The index of the best sanitized logit of row ``b`` (``keys``: the logits' bits as
+    int32) among the tokens of ``words``, the first on ties; -1 when the mask is empty.
+    Each allowed logit is packed as ``key << 32 | (2**32 - 1 - index)`` and the largest
+    kept: over each run of allowed tokens a loop without a branch on the data (fresh
+    logits every step would mispredict it), which LLVM vectorizes."""
+    low32 = np.int64(0xFFFFFFFF)
+    best = _NONE
+    for w in range(words.shape[0]):
+        m = words[w]
+        base = w * 64
+        while m != 0:
+            lo, hi, m = _first_run(m)
+            for j in range(base + lo, base + hi):
+                p = (_key(keys[b, j]) << 32) | (low32 - j)
+                best = p if p > best else best
+    return -1 if best == _NONE else low32 - (best & low32)
+
+
+@numba.njit(nogil=True, cache=True)
+def _greedy(bits, nxt, layout, dist, limit, logits, top, state, tok, out):  # noqa: PLR0917 - compiled
+    """Each stream's greedy token among the tokens of its mask (the numpy kernels' choice),
+    in ``tok``, and the state after it, in ``out``.
+
+    ``top`` int64[B] holds each row's unmasked argmax (or -1): when that token is allowed
+    and its logit finite and above ``-FMAX``, it is the masked argmax (the first index of
+    the row's maximum is the first allowed index of it; no NaN or infinity in the row,
+    which numpy's argmax would have returned, so sanitizing changes nothing), and only its
+    own mask bit (and distance) is read. Otherwise the stream's mask is built in words and
+    its allowed logits scanned."""
+    B, G = state.shape
+    V = logits.shape[1]
+    keys = logits.view(np.int32)
+    words = np.empty(0, dtype=np.uint64)  # allocated for the first stream that needs it
     for b in range(B):
-        if top.shape[0] > 0:
-            j = top[b]
-            x = logits[b, j]
-            if x > -fmax and x <= fmax:
-                w = j >> 6
-                m = bits[offsets[0] + state[b, 0], w]
-                for g in range(1, G):
-                    m &= bits[offsets[g] + state[b, g], w]
-                if (m >> np.uint64(j & 63)) & one and (
-                    not exact or dist[_flat(nxt, offsets, strides, state, b, j)] < limit
-                ):
-                    tok[b] = j
-                    for g in range(G):
-                        out_state[b, g] = nxt[offsets[g] + state[b, g], j]
-                    continue
-        _row_and(bits, offsets, state, b, words)
-        if exact:
-            _exact_row(nxt, offsets, strides, dist, limit, state, b, V, words)
-        # pass 1: the best allowed (sanitized) logit, first index on ties
-        best = np.float32(0.0)
-        arg = -1
-        for w in range(W):
-            m = words[w]
-            if m == 0:
-                continue
-            base = w * 64
-            if m == full:
-                for j in range(base, base + 64):
-                    x = _sane(logits[b, j], fmax)
-                    if arg < 0 or x > best:
-                        best = x
-                        arg = j
-                continue
-            while m != 0:
-                low = m & (~m + one)
-                j = base + _bit_index(low)
-                x = _sane(logits[b, j], fmax)
-                if arg < 0 or x > best:
-                    best = x
-                    arg = j
-                m ^= low
+        j = top[b]
+        if (
+            j < 0
+            or not (-_FMAX32 < logits[b, j] <= _FMAX32)
+            or not _allows(bits, nxt, layout, dist, limit, state, b, j)
+        ):
+            if words.shape[0] == 0:
+                words = np.empty(bits.shape[1], dtype=np.uint64)
+            _mask_words(bits, nxt, layout, dist, limit, state, b, V, words)
+            j = _best(words, keys, b)
+            j = max(j, 0)  # nothing allowed: the reference's argmax of an all -inf row
+        tok[b] = j
+        for g in range(G):
+            out[b, g] = nxt[layout[0, g] + state[b, g], j]
+
+
+@numba.njit(nogil=True, cache=True)
+def _gumbel(bits, nxt, layout, dist, limit, logits, gumbel, temp, state, tok, out):  # noqa: PLR0917 - compiled
+    """Each stream's token by Gumbel-max at temperature ``temp`` among the tokens of its
+    mask: argmax of (x - best) / T + gumbel, rounded as the numpy kernels round it."""
+    B, G = state.shape
+    V = logits.shape[1]
+    keys = logits.view(np.int32)
+    words = np.empty(bits.shape[1], dtype=np.uint64)
+    for b in range(B):
+        _mask_words(bits, nxt, layout, dist, limit, state, b, V, words)
+        arg = _best(words, keys, b)
         if arg < 0:  # nothing allowed: the reference's argmax of an all -inf row
             arg = 0
-        elif not greedy:  # pass 2: argmax of (x - best) / T + gumbel, as the numpy kernels round it
+        else:
+            best = _sane(logits[b, arg])
             high = np.float32(-np.inf)
             arg = -1
-            for w in range(W):
+            for w in range(words.shape[0]):
                 m = words[w]
                 base = w * 64
                 while m != 0:
-                    low = m & (~m + one)
-                    j = base + _bit_index(low)
-                    y = np.float32(np.float32(_sane(logits[b, j], fmax) - best) / temp)
-                    y = np.float32(y + gumbel[b, j])
-                    if arg < 0 or y > high:
-                        high = y
-                        arg = j
-                    m ^= low
+                    lo, hi, m = _first_run(m)
+                    for j in range(base + lo, base + hi):
+                        y = np.float32(np.float32(_sane(logits[b, j]) - best) / temp)
+                        y = np.float32(y + gumbel[b, j])
+                        if arg < 0 or y > high:
+                            high = y
+                            arg = j
         tok[b] = arg
         for g in range(G):
-            out_state[b, g] = nxt[offsets[g] + state[b, g], arg]
+            out[b, g] = nxt[layout[0, g] + state[b, g], arg]
 
 
-@numba.njit(nogil=True, cache=True)
-def _row_and(bits, offsets, state, b, out):
-    """``out`` uint64[W]: the AND of stream ``b``'s group rows."""
-    G = state.shape[1]
-    r0 = offsets[0] + state[b, 0]
-    for w in range(out.shape[0]):
-        out[w] = bits[r0, w]
-    for g in range(1, G):
-        r = offsets[g] + state[b, g]
-        for w in range(out.shape[0]):
-            out[w] &= bits[r, w]
-
-
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")
 def _bit_index(low):
     """The index of the one set bit of ``low`` (a de Bruijn multiply)."""
     return _DEBRUIJN[(low * np.uint64(0x03F79D71B4CB0A89)) >> np.uint64(58)]
 
 
 @numba.njit(nogil=True, cache=True)
-def _advance(nxt, offsets, state, token, out):
+def _advance(nxt, layout, state, token, out):
     B, G = state.shape
     for b in range(B):
         for g in range(G):
-            out[b, g] = nxt[offsets[g] + state[b, g], token[b]]
+            out[b, g] = nxt[layout[0, g] + state[b, g], token[b]]
 
 
 def _debruijn_table() -> np.ndarray:
@@ -315,15 +351,18 @@ _DEBRUIJN = _debruijn_table()
 
 # ----------------------------------------------------------------------------- the public kernels
 
+_I32, _F32 = np.dtype(np.int32), np.dtype(np.float32)
+
+
+def _limit(tab: NumbaTables, remaining: int) -> int:
+    """The compiled kernels' ``limit``: -1 far from the budget's end (the cheap mask)."""
+    return -1 if remaining > tab.max_distance else min(remaining, tab.dist_inf)
+
 
 def _mask_bits(tab: NumbaTables, state: np.ndarray, remaining: int) -> np.ndarray:
     state = np.ascontiguousarray(state, dtype=np.int32)
     out = np.empty((state.shape[0], tab.bits.shape[1]), dtype=np.uint64)
-    if remaining > tab.max_distance:
-        _cheap_bits(tab.bits, tab.offsets, state, out)
-    else:
-        limit = min(remaining, tab.dist_inf)
-        _exact_bits(tab.bits, tab.next, tab.offsets, tab.strides, tab.dist, limit, state, tab.vocab_size, out)
+    _masks(tab.bits, tab.next, tab.layout, tab.dist, _limit(tab, remaining), state, tab.vocab_size, out)
     return out
 
 
@@ -339,17 +378,17 @@ def advance(tab: NumbaTables, state: np.ndarray, token: np.ndarray) -> np.ndarra
     """``int32[B, G]``: the state after ``token`` int[B]."""
     state = np.ascontiguousarray(state, dtype=np.int32)
     out = np.empty_like(state)
-    _advance(tab.next, tab.offsets, state, np.ascontiguousarray(token, dtype=np.int64), out)
+    _advance(tab.next, tab.layout, state, np.ascontiguousarray(token, dtype=np.int64), out)
     return out
 
 
 _GREEDY = Sampling(greedy=True)
-_NO_TOP = np.zeros(0, dtype=np.int64)
-_ONE, _FMAX = np.float32(1.0), np.float32(FMAX)
 #: Greedy steps take numpy's vectorized argmax first, and build and scan a stream's mask
 #: only when its best token is forbidden (or not finite). Measured along real chorale
-#: streams at batch 64 (2-core Xeon): 1.4x cheaper at 229 tokens, 3x at 30,000; when every
-#: best token is forbidden it adds the argmax (3.7 us at 229 tokens). False: always scan.
+#: streams at batch 64 (2-core Xeon, benchmarks.peers' harness): 9.1 against 10.5 us at 229
+#: tokens, 0.35 against 3.1 ms at 30,000 (BPE: the allowed tokens lie in thousands of runs);
+#: when every best token is forbidden it adds the argmax (about 5 us at 229 tokens on fresh
+#: logits). False: always scan.
 TOP_FIRST = True
 
 
@@ -367,35 +406,32 @@ def step(
     included) and the state after it. ``logits`` float32[B, V]; ``sampling``: greedy by
     default; ``gumbel`` float32[B, V]: standard Gumbel noise when sampling (the same noise
     gives the same tokens as :func:`gramophone.kernels.numpy.choose`)."""
-    state = np.ascontiguousarray(state, dtype=np.int32)
-    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    # the checks and conversions cost about as much as the compiled work at batch 64 on the
+    # base vocabulary: arrays that are already right pass untouched (any layout: numba
+    # compiles one version per layout)
+    if type(state) is not np.ndarray or state.dtype is not _I32:
+        state = np.ascontiguousarray(state, dtype=np.int32)
+    if type(logits) is not np.ndarray or logits.dtype is not _F32 or not logits.flags.c_contiguous:
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
     B = state.shape[0]
     if logits.shape != (B, tab.vocab_size):
         raise ValueError(f"logits have shape {logits.shape}, expected {(B, tab.vocab_size)}")
-    greedy = sampling.greedy
-    if greedy:
-        noise, temp = logits, _ONE
-        # numpy's vectorized argmax first: a row whose best token is allowed is done
-        top = logits.argmax(axis=1) if TOP_FIRST else _NO_TOP
-    else:
-        if gumbel is None:
-            raise ValueError("sampling needs Gumbel noise (gumbel=float32[B, V])")
-        if sampling.uses_top_k or sampling.uses_top_p:
-            mask = np.empty((B, tab.vocab_size), dtype=np.bool_)
-            _unpack(_mask_bits(tab, state, remaining), tab.vocab_size, mask)
-            token = _reference.choose(logits, mask, sampling, gumbel)
-            return token, advance(tab, state, token)
-        noise, temp, top = (
-            np.ascontiguousarray(gumbel, dtype=np.float32),
-            np.float32(sampling.temperature),
-            _NO_TOP,
-        )
+    limit = _limit(tab, remaining)
     token = np.empty(B, dtype=np.int32)
-    out = np.empty_like(state)
-    exact = remaining <= tab.max_distance  # near the end of the budget the distance decides
-    limit = min(remaining, tab.dist_inf)
-    _choose_advance(
-        tab.bits, tab.next, tab.offsets, tab.strides, tab.dist, limit, exact,
-        logits, noise, temp, greedy, top, state, _FMAX, token, out,
-    )  # fmt: skip
+    out = np.empty(state.shape, dtype=np.int32)
+    if sampling.greedy:
+        # numpy's vectorized argmax first: a row whose best token is allowed is done
+        top = logits.argmax(axis=1) if TOP_FIRST else np.full(B, -1, dtype=np.int64)
+        _greedy(tab.bits, tab.next, tab.layout, tab.dist, limit, logits, top, state, token, out)
+        return token, out
+    if gumbel is None:
+        raise ValueError("sampling needs Gumbel noise (gumbel=float32[B, V])")
+    if sampling.uses_top_k or sampling.uses_top_p:
+        mask = np.empty((B, tab.vocab_size), dtype=np.bool_)
+        _unpack(_mask_bits(tab, state, remaining), tab.vocab_size, mask)
+        token = _reference.choose(logits, mask, sampling, gumbel)
+        return token, advance(tab, state, token)
+    noise = np.ascontiguousarray(gumbel, dtype=np.float32)
+    temp = np.float32(sampling.temperature)
+    _gumbel(tab.bits, tab.next, tab.layout, tab.dist, limit, logits, noise, temp, state, token, out)
     return token, out
