@@ -6,7 +6,9 @@ ties), at every distance from the budget's end."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -81,18 +83,28 @@ SAMPLINGS = [
     sampling=st.sampled_from(SAMPLINGS),
     remaining=st.sampled_from([1, 2, 3, 4, 6, 10, 25, 1 << 20]),
     spice=st.integers(0, 7),
-    top_first=st.booleans(),
+    first=st.sampled_from(["compiled", "numpy", "none"]),
 )
 def test_the_fused_step_chooses_what_the_numpy_kernels_choose(  # noqa: PLR0917 - hypothesis draws
-    which: str, seed: int, sampling: Sampling, remaining: int, spice: int, top_first: bool
+    which: str, seed: int, sampling: Sampling, remaining: int, spice: int, first: str
 ) -> None:
-    """``top_first``: greedy rows take numpy's argmax first (the default), or always scan."""
-    default = K.TOP_FIRST
-    K.TOP_FIRST = top_first
-    try:
+    """``first``: greedy rows take their argmax first, the compiled one or numpy's, or
+    always scan their mask."""
+    with _argmax_first(first):
         _fused_step_agrees(which, seed, sampling, remaining, spice)
+
+
+@contextlib.contextmanager
+def _argmax_first(first: str) -> Iterator[None]:
+    """The greedy step's argmax: ``compiled`` (:func:`~gramophone.kernels.numba._top`),
+    ``numpy``, or ``none`` (every row scans its mask), whatever the vocabulary's size."""
+    defaults = K.TOP_FIRST, K.NUMPY_ARGMAX_FROM
+    K.TOP_FIRST = first != "none"
+    K.NUMPY_ARGMAX_FROM = 1 if first == "numpy" else 1 << 30
+    try:
+        yield
     finally:
-        K.TOP_FIRST = default
+        K.TOP_FIRST, K.NUMPY_ARGMAX_FROM = defaults
 
 
 def _fused_step_agrees(which: str, seed: int, sampling: Sampling, remaining: int, spice: int) -> None:
@@ -150,15 +162,28 @@ def test_bad_input_is_a_clear_error() -> None:
         )
 
 
-@pytest.mark.parametrize(("fill", "first", "second"), [(-np.inf, -np.inf, "-max"), (0.0, "max", np.inf)])
+@pytest.mark.parametrize("argmax", ["compiled", "numpy"])
+@pytest.mark.parametrize(
+    ("fill", "first", "second"),
+    [
+        (-np.inf, -np.inf, "-max"),
+        (0.0, "max", np.inf),
+        (-1.0, -0.0, 0.0),
+        (-1.0, "-nan", 2.0),
+        (1.0, 1.0, "nan"),
+    ],
+)
 def test_greedy_ties_after_sanitizing_go_to_the_first_allowed_token(
-    fill: float, first: Any, second: Any
+    fill: float, first: Any, second: Any, argmax: str
 ) -> None:
-    """An allowed -inf before an allowed -FMAX (both -FMAX once sanitized), or an allowed
-    FMAX before an allowed +inf: numpy's raw argmax points at the second; the numpy
-    kernels, and the fused step, choose the first."""
+    """Two allowed tokens, the row's other logits ``fill``: an allowed -inf before an
+    allowed -FMAX (both -FMAX once sanitized), FMAX before +inf, -0.0 before +0.0 (equal
+    floats, different bits: the compiled argmax finds a maximum by its bits); a NaN (to
+    -FMAX) loses to any finite logit, whatever its sign bit. The numpy kernels, and the
+    fused step by either argmax, choose the first allowed token of the sanitized maximum."""
     fmax = np.finfo(np.float32).max
-    value = {"max": fmax, "-max": -fmax}
+    nan = np.float32(np.nan)
+    value = {"max": fmax, "-max": -fmax, "nan": nan, "-nan": -nan}
     tables = _tables("bpe")
     tab = K.device_tables(tables)
     rng = np.random.default_rng(3)
@@ -168,8 +193,10 @@ def test_greedy_ties_after_sanitizing_go_to_the_first_allowed_token(
     a, b = np.nonzero(reference.allowed(tables, state[None], 1 << 20)[0])[0][:2]
     logits = np.full((1, tables.vocab_size), fill, dtype=np.float32)
     logits[0, a], logits[0, b] = value.get(first, first), value.get(second, second)
-    token, _ = K.step(tab, state[None], logits, 1 << 20)  # greedy takes numpy's argmax first
+    with _argmax_first(argmax), np.errstate(all="ignore"):
+        token, _ = K.step(tab, state[None], logits, 1 << 20)
     want = reference.choose(
         logits, reference.allowed(tables, state[None], 1 << 20), Sampling(greedy=True), logits
     )
-    assert token.tolist() == want.tolist() == [a]
+    winner = b if second == 2.0 else a
+    assert token.tolist() == want.tolist() == [winner]

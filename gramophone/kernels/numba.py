@@ -10,8 +10,9 @@ distance table token by token, as the numpy kernel does.
 :func:`step` chooses each stream's token and advances its state in one compiled call,
 without writing the ``bool[B, V]`` mask or a masked copy of the logits: greedy, or
 temperature + Gumbel-max (rules 2, 4 and 7 of :mod:`gramophone.decoding.rules`, bit for bit
-the numpy kernels' choice). Greedy, it takes numpy's vectorized argmax first and reads only
-that token's mask bit (and near the budget's end its distance); a stream whose best token is
+the numpy kernels' choice). Greedy, it takes each row's argmax first (compiled, or numpy's
+on long rows) and reads only that token's mask bit (and near the budget's end its
+distance); a stream whose best token is
 refused, or not finite, gets its mask built in words and its allowed logits scanned run by
 run (a run: consecutive allowed tokens), each logit's order-preserving integer key packed with
 its index so that the scan is a maximum without a branch on the logits (fresh logits every
@@ -260,23 +261,48 @@ def _best(words, keys, b):
     return -1 if best == _NONE else low32 - (best & low32)
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _top(row):
+    """The first index of the largest of ``row`` (a row of logits as int32 bits), or -1
+    when that is a zero (+0.0 and -0.0 tie, their bits differ). Two passes LLVM vectorizes:
+    the largest integer key (a negative NaN is the smallest key: it never wins, and rule 2
+    sends it to -FMAX anyway; a positive NaN or +inf wins and the caller checks), then the
+    first index holding its bits."""
+    n = row.size
+    m = np.int32(-(2**31))
+    for j in range(n):
+        i = row[j]
+        k = np.int32(i ^ ((i >> 31) & 0x7FFFFFFF))
+        if k > m:  # noqa: PLR1730 - LLVM vectorizes this form, not numba's max()
+            m = k
+    if m == 0 or m == -1:  # noqa: PLR1714 - compiled
+        return -1
+    t = np.int32(m ^ ((m >> 31) & 0x7FFFFFFF))  # the key's bits
+    first = np.int32(n)
+    for j in range(n):
+        c = np.int32(j) if row[j] == t else np.int32(n)
+        if c < first:  # noqa: PLR1730 - as above
+            first = c
+    return first
+
+
 @numba.njit(nogil=True, cache=True)
 def _greedy(bits, nxt, layout, dist, limit, logits, top, state, tok, out):  # noqa: PLR0917 - compiled
     """Each stream's greedy token among the tokens of its mask (the numpy kernels' choice),
     in ``tok``, and the state after it, in ``out``.
 
-    ``top`` int64[B] holds each row's unmasked argmax (or -1): when that token is allowed
-    and its logit finite and above ``-FMAX``, it is the masked argmax (the first index of
-    the row's maximum is the first allowed index of it; no NaN or infinity in the row,
-    which numpy's argmax would have returned, so sanitizing changes nothing), and only its
-    own mask bit (and distance) is read. Otherwise the stream's mask is built in words and
-    its allowed logits scanned."""
+    Each row's unmasked argmax first: ``top[b]`` (int64[B]; -1: none), or :func:`_top`
+    when ``top`` is empty. When that token is allowed and its logit finite and above
+    ``-FMAX``, it is the masked argmax (the first index of the row's maximum is the first
+    allowed index of it; rule 2 changes no logit at or above it), and only its own mask
+    bit (and distance) is read. Otherwise the stream's mask is built in words and its
+    allowed logits scanned."""
     B, G = state.shape
     V = logits.shape[1]
     keys = logits.view(np.int32)
     words = np.empty(0, dtype=np.uint64)  # allocated for the first stream that needs it
     for b in range(B):
-        j = top[b]
+        j = _top(keys[b]) if top.shape[0] == 0 else top[b]
         if (
             j < 0
             or not (-_FMAX32 < logits[b, j] <= _FMAX32)
@@ -383,13 +409,20 @@ def advance(tab: NumbaTables, state: np.ndarray, token: np.ndarray) -> np.ndarra
 
 
 _GREEDY = Sampling(greedy=True)
-#: Greedy steps take numpy's vectorized argmax first, and build and scan a stream's mask
-#: only when its best token is forbidden (or not finite). Measured along real chorale
-#: streams at batch 64 (2-core Xeon, benchmarks.peers' harness): 9.1 against 10.5 us at 229
-#: tokens, 0.35 against 3.1 ms at 30,000 (BPE: the allowed tokens lie in thousands of runs);
-#: when every best token is forbidden it adds the argmax (about 5 us at 229 tokens on fresh
-#: logits). False: always scan.
+#: Greedy steps take each row's argmax first (see :data:`NUMPY_ARGMAX_FROM`), and build and
+#: scan a stream's mask only when its best token is forbidden (or not finite). Measured
+#: along real chorale streams at batch 64 (2-core Xeon, benchmarks.peers' harness): 7.1
+#: against 9.4 us at 229 tokens, 0.35 against 3.1 ms at 30,000 (BPE: the allowed tokens lie
+#: in thousands of runs); when every best token is forbidden it adds the argmax (about 5 us
+#: at 229 tokens on fresh logits). False: always scan.
 TOP_FIRST = True
+#: From this many tokens on, the greedy step's argmax is numpy's (one pass over each row,
+#: 16 floats a vector); below it, the compiled :func:`_top` (two passes of 8 keys a vector,
+#: cheaper on short rows: numpy's argmax pays a set-up and mispredicted branches per row).
+#: The argmax alone over fresh float32[64, V] logits (2-core Xeon), numpy against _top, us:
+#: V = 229: 6.4 / 4.8; 512: 8.1 / 7.3; 1,024: 12.8 / 15.5; 4,096: 31.7 / 48.7.
+NUMPY_ARGMAX_FROM = 768
+_IN_KERNEL = np.zeros(0, dtype=np.int64)  # top: the kernel's own argmax
 
 
 def step(
@@ -420,8 +453,13 @@ def step(
     token = np.empty(B, dtype=np.int32)
     out = np.empty(state.shape, dtype=np.int32)
     if sampling.greedy:
-        # numpy's vectorized argmax first: a row whose best token is allowed is done
-        top = logits.argmax(axis=1) if TOP_FIRST else np.full(B, -1, dtype=np.int64)
+        # each row's argmax first: a row whose best token is allowed is done
+        if not TOP_FIRST:
+            top = np.full(B, -1, dtype=np.int64)
+        elif tab.vocab_size >= NUMPY_ARGMAX_FROM:
+            top = logits.argmax(axis=1)
+        else:
+            top = _IN_KERNEL
         _greedy(tab.bits, tab.next, tab.layout, tab.dist, limit, logits, top, state, token, out)
         return token, out
     if gumbel is None:
