@@ -742,6 +742,7 @@ def mask_step_records(
     tokenizer_name: str = "remi",
     levels: Mapping[str, Sequence[str]] | None = None,
     isolate: bool = False,
+    rounds: int = 1,
 ) -> list[dict[str, Any]]:
     """``mask_step`` records of every system (``systems``: a subset) on ``streams`` (model
     ids of ``tokenizer``, default the shipped config), ``steps`` steps at each batch size.
@@ -749,7 +750,10 @@ def mask_step_records(
     ``isolate``: each system in a fresh process. In one process a system measured after
     torch or JAX has run is up to 2x slower on a 2-core machine (measured: numba's step 24 us
     at batch 64 after them, 12 us alone; their thread pools and allocations stay), which
-    would favour whoever runs first.
+    would favour whoever runs first. ``rounds`` (with ``isolate``): every system measured
+    that many times in turn, each record the median of its rounds (``round_values``): this
+    shared machine's speed drifts over minutes (the same numba step measured 7 to 12 us
+    within an hour), and rounds spread every system over the same stretch of time.
 
     A trained ``tokenizer`` gives the peers its learned vocabulary natively: each learned
     token is the concatenation of its base tokens' delimited names (they handle tokens that
@@ -761,12 +765,15 @@ def mask_step_records(
 
         kwargs = {"batches": batches, "steps": steps, "repeats": repeats, "quick": quick,
                   "tokenizer": tokenizer, "tokenizer_name": tokenizer_name, "levels": levels}  # fmt: skip
-        out: list[dict[str, Any]] = []
-        for system in chosen:
-            log(f"mask_step {system} ({tokenizer_name}), in a fresh process")
-            with multiprocessing.get_context("spawn").Pool(1) as pool:
-                out += pool.apply(mask_step_records, (streams,), {**kwargs, "systems": [system]})
-        return out
+        by_round: list[list[dict[str, Any]]] = []
+        for i in range(rounds):
+            out: list[dict[str, Any]] = []
+            for system in chosen:
+                log(f"mask_step {system} ({tokenizer_name}), round {i + 1} of {rounds}, in a fresh process")
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    out += pool.apply(mask_step_records, (streams,), {**kwargs, "systems": [system]})
+            by_round.append(out)
+        return _merge_rounds(by_round)
 
     from gramophone.decoding.tables import decoding_tables
     from gramophone.grammar import compile_remi
@@ -822,6 +829,23 @@ def mask_step_records(
                     rec = _measure(system, engine, token_sets[b], engine.width, repeats, **params)
                     records.append(rec)
     return records
+
+
+def _merge_rounds(by_round: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One record per measurement: the median value of its rounds (records of one round
+    come in the same order in every round); a round that failed gives its record as is."""
+    merged = []
+    for same in zip(*by_round, strict=True):
+        failed = [r for r in same if r.get("status") != "ok" or r["value"] is None]
+        if failed or len(same) == 1:
+            merged.append(dict(failed[0] if failed else same[0]))
+            continue
+        values = [r["value"] for r in same]
+        fastest = min(r["min_us"] for r in same)
+        median = round(statistics.median(values), 2)
+        rounds = {"rounds": len(same), "round_values": values}
+        merged.append({**same[0], "value": median, "min_us": fastest, **rounds})
+    return merged
 
 
 @contextlib.contextmanager
@@ -921,8 +945,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
     streams = corpus_streams(40 if quick else 120)
     records = mask_step_records(
-        streams, steps=64 if quick else 256, repeats=3 if quick else 7, quick=quick, isolate=not quick
-    )
+        streams, steps=64 if quick else 256, repeats=3 if quick else 7, quick=quick, isolate=not quick,
+        rounds=1 if quick else 3,
+    )  # fmt: skip
     records += compile_records(repeats=2 if quick else 5, quick=quick)
     return records
 
@@ -946,10 +971,14 @@ def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
         "`path` (gramophone's kernels): `cheap` = the AND of the groups' rows (most steps), "
         "`exact` = the distance table read at every step (the last steps of a budget), "
         "`floor` = the same gather, where and argmax on a bool[16, V] table that stays in "
-        "cache: what no row-table mask can beat. gramophone-numba: numpy's argmax, then one "
-        "compiled call that checks each stream's best token against its mask (building the "
+        "cache: what no row-table mask can beat. gramophone-numba: one compiled call that "
+        "takes each row's argmax, checks that token against the stream's mask (building the "
         "mask and scanning the allowed logits only for a stream whose best token is refused) "
-        "and advances; its floor is the same call on the bool[16, V] table.",
+        "and advances; its floor is the same call on the bool[16, V] table. Each step is timed "
+        "on its own, the model's writing of its logits into the array the step reads left out "
+        "(the logits are in the caches, as in decoding; the peers mask that array in place). "
+        "Every system runs in a fresh process, in turn, three times (rounds): each figure is "
+        "the median of its rounds.",
         "",
     ]
     rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}

@@ -225,9 +225,10 @@ def test_missing_peers_give_missing_records(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_mask_step_records_walk_real_tokens() -> None:
-    """A tiny run: every system that is installed picks the real tokens (status ok)."""
+    """A tiny run: every system that is installed picks the real tokens (status ok),
+    gramophone's kernels in every framework (and JAX in both loops)."""
     streams = [list(s) for s in _streams()[:4]]
-    systems = ["gramophone-numpy", *INSTALLED]
+    systems = [*peers.OURS, *INSTALLED]
     records = peers.mask_step_records(
         streams, batches=(1, 3), steps=12, repeats=1, quick=True, systems=systems
     )
@@ -237,8 +238,23 @@ def test_mask_step_records_walk_real_tokens() -> None:
     assert set(by) == set(systems)
     for system, recs in by.items():
         assert all(r["status"] == "ok" and r["value"] > 0 for r in recs), (system, recs)
+    assert {r["loop"] for r in by["gramophone-jax"]} == {"lax.scan", "python"}
     lines = peers.markdown(records)
     assert any(line.startswith("| gramophone-numpy |") for line in lines)
+
+
+def test_rounds_keep_each_measurements_median() -> None:
+    def rec(value: float | None, status: str = "ok") -> dict[str, Any]:
+        return {"system": "s", "batch": 64, "value": value, "min_us": value, "status": status}
+
+    merged = peers._merge_rounds([[rec(3.0), rec(9.0)], [rec(1.0), rec(None, "error")], [rec(2.0), rec(8.0)]])
+    assert (
+        merged[0]["value"] == 2.0
+        and merged[0]["min_us"] == 1.0
+        and merged[0]["round_values"] == [3.0, 1.0, 2.0]
+    )
+    assert merged[1]["status"] == "error" and merged[1]["value"] is None  # a failed round is kept as is
+    assert peers._merge_rounds([[rec(4.0)]]) == [rec(4.0)]  # one round: the record itself
 
 
 def test_importing_peers_imports_no_framework() -> None:
