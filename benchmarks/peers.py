@@ -265,7 +265,7 @@ class _Kernels(_Stepper):
         if self.path == "floor":  # the same call on the bool[16, V] table, packed as one group
             self.tab = dataclasses.replace(
                 self.tab, bits=numba_kernels.pack_rows(self.floor),
-                next=self.floor_next.astype(np.int32), layout=np.zeros((2, 1), np.int64),
+                next=self.floor_next.astype(self.tab.next.dtype), layout=np.zeros((2, 1), np.int64),
                 max_distance=0, start=np.zeros(1, np.int32),
             )  # fmt: skip
 

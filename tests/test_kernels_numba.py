@@ -26,6 +26,12 @@ from tests.walks import table_walk
 
 @functools.cache
 def _tables(which: str) -> Any:
+    """``shipped`` and ``bpe`` (REMI): groups under 256 states (``next`` rows as uint8);
+    ``midilike`` (MIDILike, rests): groups of 626 states (uint16)."""
+    if which == "midilike":
+        import miditok
+
+        return tables_for(miditok.MIDILike(miditok.TokenizerConfig(use_rests=True)))
     tok = load_tokenizer(trained_tokenizer_path("REMI", "BPE", "bar") if which == "bpe" else None)
     return tables_for(tok)
 
@@ -53,10 +59,13 @@ def _logits(rng: np.random.Generator, shape: tuple[int, int], spice: int) -> np.
     return x
 
 
-@pytest.mark.parametrize("which", ["shipped", "bpe"])
-def test_masks_and_next_states_equal_the_numpy_kernels(which: str) -> None:
+@pytest.mark.parametrize(
+    ("which", "dtype"), [("shipped", np.uint8), ("bpe", np.uint8), ("midilike", np.uint16)]
+)
+def test_masks_and_next_states_equal_the_numpy_kernels(which: str, dtype: type) -> None:
     tables = _tables(which)
     tab = K.device_tables(tables)
+    assert tab.next.dtype == dtype  # the least dtype that holds every group's states
     rng = np.random.default_rng(0)
     states = _states(tables, rng, 24)
     tokens = rng.integers(0, tables.vocab_size, len(states))
@@ -78,7 +87,7 @@ SAMPLINGS = [
 
 @settings(deadline=None)
 @given(
-    which=st.sampled_from(["shipped", "bpe"]),
+    which=st.sampled_from(["shipped", "bpe", "midilike"]),
     seed=st.integers(0, 2**32 - 1),
     sampling=st.sampled_from(SAMPLINGS),
     remaining=st.sampled_from([1, 2, 3, 4, 6, 10, 25, 1 << 20]),
@@ -148,6 +157,16 @@ def test_a_users_greedy_loop_on_the_fused_step_ends_every_piece_valid() -> None:
         for row in tokens.tolist():
             end = row.index(tables.eos) + 1
             assert check_stream(tables.automaton, tables.learned.expand(row[:end])[0]).violation is None
+
+
+def test_next_rows_take_the_least_dtype_that_holds_the_states() -> None:
+    assert [K._state_dtype(n) for n in (0, 255, 256, 65535, 65536)] == [
+        np.uint8,
+        np.uint8,
+        np.uint16,
+        np.uint16,
+        np.int32,
+    ]
 
 
 def test_bad_input_is_a_clear_error() -> None:

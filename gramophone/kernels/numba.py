@@ -69,7 +69,7 @@ class NumbaTables:
     """The tables packed for the compiled kernels."""
 
     bits: np.ndarray  # uint64 (sum of S_g+1, W): each group's valid rows as bits, little-endian
-    next: np.ndarray  # int32 (sum of S_g+1, V): each group's next rows
+    next: np.ndarray  # (sum of S_g+1, V): each group's next rows, in the least unsigned dtype that holds them
     layout: np.ndarray  # int64 (2, G): per group, its first row in bits and next; its stride in dist
     dist: np.ndarray  # flat cartesian distances (uint8 / uint16)
     dist_inf: int
@@ -89,6 +89,16 @@ def pack_rows(valid: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.packbits(padded, axis=1, bitorder="little").view("<u8"), dtype=np.uint64)
 
 
+def _state_dtype(largest: int) -> np.dtype:
+    """The least dtype holding states up to ``largest``: the ``next`` rows are what a step
+    reads from memory besides the logits (uint8 for the shipped config's groups of 55, 196
+    and 75 states: a quarter of int32's bytes; the kernels widen on reading)."""
+    for dtype in (np.uint8, np.uint16):
+        if largest <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int32)
+
+
 def device_tables(tables: DecodingTables) -> NumbaTables:
     """``tables`` packed for these kernels, once per tables object."""
     got = _CACHE.get(tables)
@@ -98,7 +108,7 @@ def device_tables(tables: DecodingTables) -> NumbaTables:
         sizes = [v.shape[0] for v in tables.valid]
         got = _CACHE[tables] = NumbaTables(
             bits=np.ascontiguousarray(np.concatenate(rows)),
-            next=np.ascontiguousarray(np.concatenate(tables.next).astype(np.int32)),
+            next=np.ascontiguousarray(np.concatenate(tables.next).astype(_state_dtype(max(sizes) - 1))),
             layout=np.stack([np.cumsum([0, *sizes[:-1]]), np.asarray(tables.strides)]).astype(np.int64),
             dist=np.ascontiguousarray(tables.dist),
             dist_inf=int(tables.dist_inf),
