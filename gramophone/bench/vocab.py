@@ -131,7 +131,9 @@ def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
         "Mask step (µs per step for the whole batch; learned vocabularies given to the peers "
         "natively). `path`: gramophone's cheap mask (most steps), exact mask (the last steps "
         "of a budget) and the floor (the same gather, where and argmax on a table that stays "
-        "in cache).",
+        "in cache). Timed as in `peers.md`: each step on its own, from logits just written "
+        "into the array it reads to the next state; gramophone's kernels in a fresh process "
+        "each, the peers (seconds per step at batch 64) over 8 steps, once.",
         "",
         *markdown_table(
             [r for r in records if r["benchmark"] == "mask_step"],
