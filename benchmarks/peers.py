@@ -33,11 +33,9 @@ the model writes its logits into the array the system masks (numpy, or a torch t
 torch and xgrammar; a fresh array for JAX), so the step finds them where a real one does,
 just written and in the caches; the peers mask that array in place, as their kernels are
 meant to be used. JAX's ``lax.scan`` loop is the exception: its logits are on the device
-before the pass, which is timed whole. (Until session 10 the passes were timed whole, every
-system reading each step's logits from a pool larger than the caches, and the peers copying
-them into their array inside the timing.) Frameworks and peers are
-imported inside the functions that use them; a peer that is not installed gives records
-with ``value: null`` and ``status: "missing"``.
+before the pass, which is timed whole. Frameworks and peers are imported inside the
+functions that use them; a peer that is not installed gives records with ``value: null``
+and ``status: "missing"``.
 """
 
 from __future__ import annotations
@@ -194,8 +192,9 @@ class _Stepper(ABC):
         return np.empty((batch, width), dtype=np.float32)
 
     def write(self, buffer: Any, logits: np.ndarray) -> Any:
-        """One step's logits ``float32[B, W]`` written into ``buffer``; what ``step`` reads."""
-        buffer[:] = logits
+        """One step's logits ``float32[B, W]`` written into ``buffer`` (a numpy array, or a
+        torch tensor: ``np.asarray`` is a view of its memory); what ``step`` reads."""
+        np.asarray(buffer)[:] = logits
         return buffer
 
     @abstractmethod
@@ -207,8 +206,9 @@ class _Stepper(ABC):
         """One step: the state after it and the chosen tokens (the system's own array)."""
 
     def whole_pass(self, state: Any, logits: np.ndarray) -> tuple[float, np.ndarray]:
-        """Seconds and tokens ``int[B, T]`` of every step in one call (``fused`` systems)."""
-        raise NotImplementedError
+        """Seconds and tokens ``int[B, T]`` of every step in one call: only for ``fused``
+        systems (:func:`_time_steps` calls ``step`` for the others)."""
+        raise NotImplementedError(f"{type(self).__name__} runs step by step (fused is False)")
 
 
 class _Kernels(_Stepper):
@@ -242,10 +242,13 @@ class _Kernels(_Stepper):
             + f"), {loop}"
         )
         if framework == "torch":
+            import torch
+
             from gramophone.kernels import torch as torch_kernels
 
             self.K: Any = torch_kernels
             self.tab: Any = torch_kernels.device_tables(tables)
+            self.floor_t, self.next_t = torch.from_numpy(self.floor), torch.from_numpy(self.floor_next)
         elif framework == "jax":
             self._setup_jax()
         elif framework == "numba":
@@ -300,9 +303,6 @@ class _Kernels(_Stepper):
         return super().buffer(batch, width)
 
     def write(self, buffer: Any, logits: np.ndarray) -> Any:
-        if self.framework == "torch":
-            buffer.numpy()[:] = logits  # the tensor's own memory
-            return buffer
         if self.framework == "jax":
             return self.jax.numpy.array(logits).block_until_ready()  # a fresh device array
         return super().write(buffer, logits)
@@ -315,7 +315,6 @@ class _Kernels(_Stepper):
         if self.framework == "torch":
             import torch
 
-            self.floor_t, self.next_t = torch.from_numpy(self.floor), torch.from_numpy(self.floor_next)
             return torch.from_numpy(state.astype(np.int64))
         if self.framework == "jax":
             return self.jax.numpy.asarray(state, self.jax.numpy.int32)
@@ -456,10 +455,6 @@ class _Xgrammar(PeerEngine):
 
     def buffer(self, batch: int, width: int) -> Any:
         return self.torch.empty((batch, width), dtype=self.torch.float32)
-
-    def write(self, buffer: Any, logits: np.ndarray) -> Any:
-        buffer.numpy()[:] = logits  # the tensor's own memory
-        return buffer
 
     def prepare(self, batch: int) -> Any:
         matchers = [self.xgr.GrammarMatcher(self.compiled) for _ in range(batch)]

@@ -177,7 +177,7 @@ def _explain(automaton: Automaton, k: int, state: int, token: str, history: Sequ
         under = _last_of(history, {"Program"}) or "a melodic program"
         return f"{token} is a drum pitch under {under}: miditok writes drum pitches under Program_-1 only"
     if comp.name.startswith("pairing[") and kind in ("NoteOn", "DrumOn"):
-        cap = int(info["max_open"][0]) if "max_open" in info else 1
+        cap = int(info["max_open"][0])
         notes = "a note" if cap == 1 else f"{cap} notes"
         return (
             f"{token} strikes pitch {value} again while {notes} of it {'is' if cap == 1 else 'are'} "

@@ -627,11 +627,7 @@ class _Builder:
         pairing = self.named("pairing")
         if not pairing:
             return 1
-        c = pairing[0]
-        if "max_open" in c.info:
-            return int(c.info["max_open"][0])
-        g = len(c.info["pitches"])  # an automaton saved before "max_open" was kept
-        return round(c.num_states ** (1 / g)) - 1
+        return int(pairing[0].info["max_open"][0])
 
     def open_keys_component(self, allowed: set[int]) -> Component:
         """MIDILike, one track: the notes held on keys a note-on may open, ``0..capacity``."""
