@@ -252,25 +252,11 @@ class _Kernels(_Stepper):
         elif framework == "jax":
             self._setup_jax()
         elif framework == "numba":
-            self._setup_numba()
+            pass  # _NumbaKernels.__init__
         else:
             from gramophone.kernels import numpy as numpy_kernels
 
             self.K, self.tab = numpy_kernels, tables
-
-    def _setup_numba(self) -> None:
-        import dataclasses
-
-        from gramophone.kernels import numba as numba_kernels
-
-        self.K = numba_kernels
-        self.tab = numba_kernels.device_tables(self.tables)
-        if self.path == "floor":  # the same call on the bool[16, V] table, packed as one group
-            self.tab = dataclasses.replace(
-                self.tab, bits=numba_kernels.pack_rows(self.floor),
-                next=self.floor_next.astype(self.tab.next.dtype), layout=np.zeros((2, 1), np.int64),
-                max_distance=0, start=np.zeros(1, np.int32),
-            )  # fmt: skip
 
     def _setup_jax(self) -> None:
         import jax
@@ -310,8 +296,6 @@ class _Kernels(_Stepper):
     def prepare(self, batch: int) -> Any:
         floor = self.path == "floor"
         state = np.zeros(batch, dtype=np.int64) if floor else np.tile(self.state0, (batch, 1))
-        if self.framework == "numba":
-            return np.ascontiguousarray(state.reshape(batch, -1), dtype=np.int32)
         if self.framework == "torch":
             import torch
 
@@ -335,9 +319,6 @@ class _Kernels(_Stepper):
                     return self.next_t[state, tok], tok
                 tok = K.apply(logits, K.allowed(tab, state, self.remaining)).argmax(dim=1)
                 return K.advance(tab, state, tok), tok
-        if self.framework == "numba":  # mask, apply, argmax and advance in one compiled call
-            tok, state = K.step(tab, state, logits, self.remaining)
-            return state, tok
         if floor:
             tok = np.where(self.floor[state], logits, -np.inf).argmax(axis=1)
             return self.floor_next[state, tok], tok
@@ -349,6 +330,40 @@ class _Kernels(_Stepper):
         t0 = time.perf_counter()
         tokens = self.walk_fn(self.tab, state, inputs).block_until_ready()
         return time.perf_counter() - t0, np.asarray(tokens).T
+
+
+class _NumbaKernels(_Kernels):
+    """gramophone.kernels.numba: mask, apply, argmax and advance in one compiled call
+    (``step``), the state advanced in place and the tokens written into one array
+    (``out=``), as a decoding loop that keeps its arrays does (see the README)."""
+
+    def __init__(self, tables: Any, path: str = "cheap") -> None:
+        import dataclasses
+
+        from gramophone.kernels import numba as numba_kernels
+
+        super().__init__("numba", tables, path)
+        self.how += ", the state advanced in place (out=)"
+        self.K = numba_kernels
+        self.tab = numba_kernels.device_tables(self.tables)
+        if path == "floor":  # the same call on the bool[16, V] table, packed as one group
+            self.tab = dataclasses.replace(
+                self.tab, bits=numba_kernels.pack_rows(self.floor),
+                next=self.floor_next.astype(self.tab.next.dtype), layout=np.zeros((2, 1), np.int64),
+                max_distance=0, start=np.zeros(1, np.int32),
+            )  # fmt: skip
+        self.token = np.empty(0, dtype=np.int32)
+
+    def prepare(self, batch: int) -> Any:
+        self.token = np.empty(batch, dtype=np.int32)
+        state = (
+            np.zeros((batch, 1), dtype=np.int32) if self.path == "floor" else np.tile(self.state0, (batch, 1))
+        )
+        return np.ascontiguousarray(state, dtype=np.int32)
+
+    def step(self, state: Any, logits: Any) -> tuple[Any, Any]:
+        tok, state = self.K.step(self.tab, state, logits, self.remaining, out=(self.token, state))
+        return state, tok
 
 
 class PeerEngine(_Stepper):
@@ -718,7 +733,10 @@ def _our_steppers(system: str, tables: Any) -> list[tuple[_Stepper, dict[str, An
     framework = system.removeprefix("gramophone-")
     loops = [("lax.scan", True), ("python", False)] if framework == "jax" else [("python", False)]
     return [
-        (_Kernels(framework, tables, path, scan), {"grammar": "full", "loop": loop, "path": path})
+        (
+            _NumbaKernels(tables, path) if framework == "numba" else _Kernels(framework, tables, path, scan),
+            {"grammar": "full", "loop": loop, "path": path},
+        )
         for loop, scan in loops
         for path in ("cheap", "exact", "floor")
     ]

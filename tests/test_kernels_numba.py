@@ -132,6 +132,13 @@ def _fused_step_agrees(which: str, seed: int, sampling: Sampling, remaining: int
         assert (after == reference.advance(tables, state, want)).all()
         live = mask.any(axis=1)
         assert mask[live, token[live]].all()  # never a forbidden token while one is allowed
+        # out=: the same choice written into the arrays given, the state advanced in place
+        buffers = np.full(len(state), -7, np.int32), state.copy()
+        with np.errstate(all="ignore"):
+            got = K.step(tab, buffers[1], logits, remaining, sampling=sampling, gumbel=gumbel, out=buffers)
+        assert got[0] is buffers[0] and got[1] is buffers[1]
+        assert buffers[0].tolist() == want.tolist()
+        assert (buffers[1] == after).all()
         state = after
 
 
@@ -175,10 +182,31 @@ def test_bad_input_is_a_clear_error() -> None:
     state = K.start(tab, 2)
     with pytest.raises(ValueError, match="logits have shape"):
         K.step(tab, state, np.zeros((2, 3), np.float32), 10)
+    logits = np.zeros((2, tables.vocab_size), np.float32)
     with pytest.raises(ValueError, match="Gumbel"):
-        K.step(
-            tab, state, np.zeros((2, tables.vocab_size), np.float32), 10, sampling=Sampling(temperature=1.0)
-        )
+        K.step(tab, state, logits, 10, sampling=Sampling(temperature=1.0))
+    with pytest.raises(ValueError, match="gumbel has shape"):
+        K.step(tab, state, logits, 10, sampling=Sampling(temperature=1.0), gumbel=logits[:1])
+    with pytest.raises(ValueError, match="state has shape"):
+        K.step(tab, state[:, :1], logits, 10)
+    with pytest.raises(ValueError, match="state has shape"):
+        K.step(tab, state[0], logits, 10)
+    # out=: written without bounds checks by the compiled code, so checked first
+    token = np.zeros(2, np.int32)
+    for bad in [
+        (token[:1], state),
+        (token, state[:1]),
+        (token.astype(np.int64), state),
+        (token, state.T.copy()),
+    ]:
+        for sampling in (
+            Sampling(greedy=True),
+            Sampling(temperature=1.0),
+            Sampling(temperature=1.0, top_k=3),
+        ):
+            with pytest.raises(ValueError, match="out must be int32 arrays"):
+                K.step(tab, state, logits, 10, sampling=sampling, gumbel=logits, out=bad)
+    assert (state == K.start(tab, 2)).all()  # nothing written
 
 
 @pytest.mark.parametrize("argmax", ["compiled", "numpy"])
