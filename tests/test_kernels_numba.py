@@ -105,8 +105,7 @@ def test_the_fused_step_chooses_what_the_numpy_kernels_choose(  # noqa: PLR0917 
 
 @contextlib.contextmanager
 def _argmax_first(first: str) -> Iterator[None]:
-    """The greedy step's argmax: ``compiled`` (:func:`~gramophone.kernels.numba._top`),
-    ``numpy``, or ``none`` (every row scans its mask), whatever the vocabulary's size."""
+    """The greedy step's argmax: ``compiled`` (the kernel's own), ``numpy``, or ``none`` (every row scans its mask), whatever the vocabulary's size."""
     defaults = K.TOP_FIRST, K.NUMPY_ARGMAX_FROM
     K.TOP_FIRST = first != "none"
     K.NUMPY_ARGMAX_FROM = 1 if first == "numpy" else 1 << 30
@@ -142,8 +141,10 @@ def _fused_step_agrees(which: str, seed: int, sampling: Sampling, remaining: int
         state = after
 
 
-def test_a_users_greedy_loop_on_the_fused_step_ends_every_piece_valid() -> None:
-    """The README's numba loop (random logits for the model): every piece ends valid."""
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_users_greedy_loop_on_the_fused_step_ends_every_piece_valid(in_place: bool) -> None:
+    """The README's numba loops (random logits for the model): every piece ends valid,
+    with fresh arrays each step or the state advanced in place (``out=``)."""
     from gramophone.grammar.checker import check_stream
 
     tables = _tables("bpe")
@@ -153,11 +154,16 @@ def test_a_users_greedy_loop_on_the_fused_step_ends_every_piece_valid() -> None:
         state = K.start(tab, 16)
         tokens = np.full((16, budget), tables.pad)
         done = np.zeros(16, dtype=bool)
+        token = np.empty(16, np.int32)
         for t in range(budget):
             logits = rng.normal(size=(16, tables.vocab_size)).astype(np.float32) * 4
-            token, after = K.step(tab, state, logits, budget - t)
-            token = np.where(done, tables.pad, token)
-            state = np.where(done[:, None], state, after)
+            if in_place:
+                K.step(tab, state, logits, budget - t, out=(token, state))
+                token[done] = tables.pad
+            else:
+                token, after = K.step(tab, state, logits, budget - t)
+                token = np.where(done, tables.pad, token)
+                state = np.where(done[:, None], state, after)
             tokens[:, t] = token
             done |= token == tables.eos
         assert done.all()
