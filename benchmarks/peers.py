@@ -17,8 +17,9 @@ Systems:
   where and argmax on a ``bool[16, V]`` table that stays in cache: what no row-table mask can
   beat). JAX runs the steps in one jitted ``lax.scan`` (``loop="lax.scan"``) and one jitted
   step per Python call (``loop="python"``); numba runs :func:`gramophone.kernels.numba.step`
-  (numpy's argmax, then mask, choice and advance in one compiled call; its floor is the same
-  call on the ``bool[16, V]`` table packed as one group);
+  (each row's argmax, then mask, choice and advance in one compiled call, the state advanced
+  in place with ``out=`` as the README's loop does; its floor is the same call on the
+  ``bool[16, V]`` table packed as one group);
 - ``xgrammar`` (EBNF), ``llguidance`` (lark), ``outlines-core`` (regex): their documented
   matcher APIs, the bitmask filled per stream and applied with the peer's own kernel.
 
@@ -987,7 +988,9 @@ def markdown(records: Sequence[dict[str, Any]]) -> list[str]:
         "cache: what no row-table mask can beat. gramophone-numba: one compiled call that "
         "takes each row's argmax, checks that token against the stream's mask (building the "
         "mask and scanning the allowed logits only for a stream whose best token is refused) "
-        "and advances; its floor is the same call on the bool[16, V] table. Each step is timed "
+        "and advances the state in place (`out=`, as the README's loop does; the peers' "
+        "matchers advance in place too); its floor is the same call on the bool[16, V] "
+        "table. Each step is timed "
         "on its own, the model's writing of its logits into the array the step reads left out "
         "(the logits are in the caches, as in decoding; the peers mask that array in place). "
         "Every system runs in a fresh process, in turn, three times (rounds): each figure is "

@@ -105,7 +105,8 @@ def test_the_fused_step_chooses_what_the_numpy_kernels_choose(  # noqa: PLR0917 
 
 @contextlib.contextmanager
 def _argmax_first(first: str) -> Iterator[None]:
-    """The greedy step's argmax: ``compiled`` (the kernel's own), ``numpy``, or ``none`` (every row scans its mask), whatever the vocabulary's size."""
+    """The greedy step's argmax: ``compiled`` (the kernel's own), ``numpy``, or ``none``
+    (every row scans its mask), whatever the vocabulary's size."""
     defaults = K.TOP_FIRST, K.NUMPY_ARGMAX_FROM
     K.TOP_FIRST = first != "none"
     K.NUMPY_ARGMAX_FROM = 1 if first == "numpy" else 1 << 30
