@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -173,3 +174,73 @@ def test_train_and_decode_with_a_tsd_vocabulary_on_a_folder(
     assert main([*args, "--config", str(fim), "--out", str(tmp_path / "fim-run")]) == 2
     err = capsys.readouterr().err
     assert "needs Bar tokens" in err and err.count("\n") == 1 and not (tmp_path / "fim-run").exists()
+
+
+def _random_tuples(auto: object, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """State tuples ``int32[*shape, K]``: each component's state drawn at random, some
+    tuples rejected (REJECT in one component)."""
+    from gramophone.grammar import REJECT
+
+    comps = auto.components  # type: ignore[attr-defined]
+    out = np.stack([rng.integers(0, c.num_states, size=shape) for c in comps], axis=-1).astype(np.int32)
+    out[rng.random(shape) < 0.1, 0] = REJECT
+    return out
+
+
+def test_allowed_rows_built_in_blocks_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``allowed_batch`` builds blocks of rows (bounded temporaries at a 30k vocabulary):
+    three rows a block gives what one block gives, for any leading shape."""
+    from gramophone.grammar import automaton as automaton_module
+
+    auto = model_automaton(load_tokenizer(trained_tokenizer_path("REMI", "BPE", "bar")))
+    states = _random_tuples(auto, np.random.default_rng(0), (7, 5))
+    whole = auto.allowed_batch(states)
+    monkeypatch.setattr(automaton_module, "_ALLOWED_BLOCK", 3 * len(auto.vocab))
+    assert whole.shape == (7, 5, len(auto.vocab))
+    assert (auto.allowed_batch(states) == whole).all()
+    assert not whole[states[..., 0] < 0].any()  # a rejected tuple allows nothing
+
+
+def test_window_start_check_compares_the_rows_of_distinct_pairs() -> None:
+    """The check that windows may start at bars compares allowed rows per distinct pair of
+    state tuples (not a bool[windows, tokens, V] array): the same answer as comparing every
+    pair's rows, and a split whose states were tampered with at a bar is refused."""
+    import dataclasses
+
+    from gramophone.data.dataset import DataError, _check_window_starts, _same_allowed, build_dataset
+
+    tok = load_tokenizer(trained_tokenizer_path("REMI", "BPE", "bar"))
+    auto = model_automaton(tok)
+    rng = np.random.default_rng(1)
+    a = _random_tuples(auto, rng, (40, 4))
+    b = np.where(rng.random((40, 4, 1)) < 0.5, a, _random_tuples(auto, rng, (40, 4)))
+    b[0, 0] = a[0, 0]
+    want = (auto.allowed_batch(a) == auto.allowed_batch(b)).all(axis=-1)
+    assert (_same_allowed(auto, a, b) == want).all()
+    assert want.any() and not want.all()
+
+    from gramophone.data import chorale_names
+
+    split = build_dataset(tok, auto, names=chorale_names()[:12], progress=False)["train"]
+    unique = _unique_tuples(auto, split)
+    _check_window_starts(split, auto, unique)  # the real split passes
+    at = int(split.bar_starts[len(split.bar_starts) // 2]) + 1  # a token after a bar
+    seen = np.unique(split.states)
+    rows = split.allowed[seen]
+    other = int(seen[np.flatnonzero((rows != split.allowed[split.states[at]]).any(axis=1))[0]])
+    tampered = dataclasses.replace(split, states=split.states.copy())
+    tampered.states[at] = other
+    with pytest.raises(DataError, match="windows cannot start at bars"):
+        _check_window_starts(tampered, auto, unique)
+
+
+def _unique_tuples(auto: object, split: object) -> np.ndarray:
+    """The state tuple of each allowed row ``split`` uses (rows it does not use: zeros), as
+    the automaton run along its streams gives them."""
+    s: Any = split
+    out = np.zeros((s.allowed.shape[0] - 1, auto.num_components), np.int32)  # type: ignore[attr-defined]
+    for i in range(s.num_streams):
+        ids = s.stream(i)
+        lo = int(s.stream_starts[i])
+        out[s.states[lo : lo + len(ids)]] = auto.run_batch(ids[None].astype(np.int32))[0, 1:]  # type: ignore[attr-defined]
+    return out

@@ -626,6 +626,27 @@ def build_dataset(
     )
 
 
+def _same_allowed(automaton: Automaton, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``bool[...]``: whether state tuples ``a`` and ``b`` (``int32[..., K]``) allow the same
+    tokens. Equal tuples do; the rows are compared once per distinct pair of unequal ones
+    (a bool[windows, tokens, V] comparison would take gigabytes at V = 30,000)."""
+    K = a.shape[-1]
+    pairs = np.concatenate([a.reshape(-1, K), b.reshape(-1, K)], axis=1)
+    same = (pairs[:, :K] == pairs[:, K:]).all(axis=1)
+    todo = np.flatnonzero(~same)
+    if todo.size:
+        distinct, inverse = np.unique(pairs[todo], axis=0, return_inverse=True)
+        rows = max(1, (1 << 24) // max(len(automaton.vocab), 1))
+        equal = np.concatenate(
+            [
+                (automaton.allowed_batch(d[:, :K]) == automaton.allowed_batch(d[:, K:])).all(axis=1)
+                for d in (distinct[i : i + rows] for i in range(0, len(distinct), rows))
+            ]
+        )
+        same[todo] = equal[inverse.ravel()]
+    return same.reshape(a.shape[:-1])
+
+
 def _check_window_starts(split: TokenSplit, automaton: Automaton, unique: np.ndarray) -> None:
     """A window starting at a bar must see what the whole stream sees (module notes):
     the automaton run from its start state over the window's first tokens allows the same
@@ -641,7 +662,7 @@ def _check_window_starts(split: TokenSplit, automaton: Automaton, unique: np.nda
     safe = np.where(valid, pos, starts[:, None])
     run = automaton.run_batch(np.where(valid, split.ids[safe], split.pad_id))[:, 1:]  # (W, n, K)
     stream_rows = split.states[safe]  # (W, n)
-    same_allowed = (automaton.allowed_batch(run) == split.allowed[stream_rows]).all(axis=-1) | ~valid
+    same_allowed = _same_allowed(automaton, run, unique[stream_rows]) | ~valid
     last = valid.sum(axis=1) - 1  # last valid index per window
     w = np.arange(len(starts))
     met = (run[w, last] == unique[stream_rows[w, last]]).all(axis=-1)
