@@ -103,7 +103,17 @@ EVAL_FILE = "eval.json"
 RUN_FILE = "run.json"
 TOKENIZER_FILE = "tokenizer.json"
 KEEP_CHECKPOINTS = 2
-EVAL_TOKENS = 16384  # tokens per evaluation batch (windows = this // seq_len)
+EVAL_TOKENS = 16384  # tokens per evaluation batch (windows = this // seq_len) ...
+EVAL_CELLS = 1 << 25  # ... and at most this many logits (tokens x V): 128 MiB of float32
+
+
+def eval_batch_size(seq_len: int, vocab_size: int) -> int:
+    """Windows per evaluation batch: :data:`EVAL_TOKENS` tokens, fewer with a large
+    vocabulary (:data:`EVAL_CELLS` logits: at V = 30,000 and 16,384 tokens the batch's
+    logits alone would take 1.9 GiB, and scoring them four times that)."""
+    return max(1, min(EVAL_TOKENS // seq_len, EVAL_CELLS // (seq_len * max(vocab_size, 1))))
+
+
 _CONFIG_SECTIONS = ("model", "train", "data")
 
 
@@ -872,7 +882,7 @@ def _train_loop(
     (a data-parallel run; the main process alone logs, validates and checkpoints)."""
     be, tc, state = folder.be, start.run.train, start.state
     split, val = data["train"], data["validation"]
-    eval_batch = max(1, EVAL_TOKENS // tc.seq_len)
+    eval_batch = eval_batch_size(tc.seq_len, len(data.vocab))
     fim = fim_tokens(data.vocab) if tc.fim_rate > 0 else None
     last: dict[str, float] = {}
     last_ckpt = start.checkpoint
@@ -934,7 +944,7 @@ def _final_evaluation(
     evaluation: dict[str, dict[str, float]] = {}
     for name in ("validation", "test"):
         evaluation[name] = evaluate_split(
-            be, params, data[name], seq_len, batch_size=max(1, EVAL_TOKENS // seq_len)
+            be, params, data[name], seq_len, batch_size=eval_batch_size(seq_len, len(data.vocab))
         )
         folder.log({"step": step, "split": name, "final": True, **evaluation[name]})
     report = {"step": step, "backend": be.name, "world_size": folder.world_size, "source": run.source}

@@ -464,3 +464,17 @@ def test_bundled_model_fits_the_shipped_tokenizer() -> None:
     assert {"validation", "test"} <= set(info.meta["evaluation"])
     loaded = load_checkpoint(get_backend("torch"), path, tokenizer_for("shipped"), automaton_for("shipped"))
     assert loaded.model.vocab_size == len(automaton_for("shipped").vocab)
+
+
+def test_evaluation_batches_bound_the_logits_of_a_large_vocabulary() -> None:
+    """An evaluation batch holds EVAL_TOKENS tokens, fewer windows when its logits would
+    pass EVAL_CELLS (a 30k vocabulary), and always at least one window."""
+    from gramophone.training import EVAL_CELLS, EVAL_TOKENS, eval_batch_size
+
+    assert eval_batch_size(512, 229) == EVAL_TOKENS // 512
+    for seq_len, vocab in [(512, 30_000), (256, 10_000), (1024, 50_000), (128, 1_000), (512, 2_000)]:
+        n = eval_batch_size(seq_len, vocab)
+        assert 1 <= n <= EVAL_TOKENS // seq_len
+        assert n == 1 or n * seq_len * vocab <= EVAL_CELLS
+    assert eval_batch_size(512, 30_000) == 2
+    assert eval_batch_size(4096, 1 << 20) == 1
