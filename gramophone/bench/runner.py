@@ -26,6 +26,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("grammar", "gramophone.bench.grammar", "Grammar core"),
     ("peers", "benchmarks.peers", "Mask step and compile time against the peer engines"),
     ("vocab", "gramophone.bench.vocab", "Trained vocabularies (BPE 10k and 30k): tables and mask step"),
+    ("sampling", "gramophone.bench.sampling", "Sampling rules: the cost of a decoding step"),
     ("corpus", "gramophone.bench.corpus", "Corpus building: MIDI files to shards, against miditok's loop"),
     ("train", "gramophone.bench.train", "Training throughput, one process and data-parallel"),
     ("decode", "gramophone.bench.decode", "Decoding throughput and the cost of the mask"),
