@@ -289,11 +289,15 @@ def _greedy(bits, nxt, layout, dist, limit, logits, top, state, tok, out):  # no
     in ``tok``, and the state after it, in ``out``.
 
     Each row's unmasked argmax first: ``top[b]`` (int64[B]; -1: none), or its own (two
-    vectorized passes) when ``top`` is empty. When that token is allowed and its logit finite and above
-    ``-FMAX``, it is the masked argmax (the first index of the row's maximum is the first
-    allowed index of it; rule 2 changes no logit at or above it), and only its own mask
-    bit (and distance) is read. Otherwise the stream's mask is built in words and its
-    allowed logits scanned."""
+    vectorized passes) when ``top`` is empty. When that token is allowed and its logit
+    finite and above ``-FMAX``, it is the masked argmax (the first index of the row's
+    maximum is the first allowed index of it; rule 2 changes no logit at or above it), and
+    only its own mask bit (and distance) is read. Otherwise the stream's mask is built in
+    words and its allowed logits scanned.
+
+    ``out`` may be ``state`` itself (``step(..., out=)``): a row's state is read before its
+    row of ``out`` is written, and never after. False (nothing written) when the arrays'
+    shapes do not fit."""
     if not _fits(nxt.shape, layout.shape, logits.shape, state.shape, tok.shape, out.shape):
         return False
     B, G = state.shape
@@ -345,7 +349,8 @@ def _greedy(bits, nxt, layout, dist, limit, logits, top, state, tok, out):  # no
 @numba.njit(nogil=True, cache=True)
 def _gumbel(bits, nxt, layout, dist, limit, logits, gumbel, temp, state, tok, out):  # noqa: PLR0917 - compiled
     """Each stream's token by Gumbel-max at temperature ``temp`` among the tokens of its
-    mask: argmax of (x - best) / T + gumbel, rounded as the numpy kernels round it."""
+    mask: argmax of (x - best) / T + gumbel, rounded as the numpy kernels round it.
+    ``out`` may be ``state`` (as in :func:`_greedy`)."""
     if not _fits(
         nxt.shape, layout.shape, logits.shape, state.shape, tok.shape, out.shape
     ):  # gumbel: checked by the caller
