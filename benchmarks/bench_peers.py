@@ -43,6 +43,38 @@ def machine_lines(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def section_main(
+    argv: list[str] | None,
+    *,
+    doc: str,
+    name: str,
+    title: str,
+    section: Any,
+    quick_help: str,
+) -> int:
+    """The command line of a section script (``bench_vocab.py``, ``bench_sampling.py``):
+    ``section.run(quick=...)``, then ``NAME.json`` (records, machine, load, seconds) and
+    ``NAME.md`` (``title``, the machine, ``section.markdown(records)``) in ``--out``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
+    args = parser.parse_args(argv)
+    m = machine()
+    m["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    t0 = time.perf_counter()
+    records = section.run(quick=args.quick)
+    m["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = round(time.perf_counter() - t0)
+    results = {"machine": m, "quick": args.quick, "seconds": seconds, "records": records}
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    lines = [f"# {title}", "", *machine_lines(m), "", *section.markdown(records)]
+    (out / f"{name}.md").write_text("\n".join(lines))
+    sys.stdout.write("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
