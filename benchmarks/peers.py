@@ -357,10 +357,7 @@ class _NumbaKernels(_Kernels):
 
     def prepare(self, batch: int) -> Any:
         self.token = np.empty(batch, dtype=np.int32)
-        state = (
-            np.zeros((batch, 1), dtype=np.int32) if self.path == "floor" else np.tile(self.state0, (batch, 1))
-        )
-        return np.ascontiguousarray(state, dtype=np.int32)
+        return np.ascontiguousarray(np.reshape(super().prepare(batch), (batch, -1)), dtype=np.int32)
 
     def step(self, state: Any, logits: Any) -> tuple[Any, Any]:
         tok, state = self.K.step(self.tab, state, logits, self.remaining, out=(self.token, state))

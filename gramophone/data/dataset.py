@@ -635,8 +635,10 @@ def _same_allowed(automaton: Automaton, a: np.ndarray, b: np.ndarray) -> np.ndar
     same = (pairs[:, :K] == pairs[:, K:]).all(axis=1)
     todo = np.flatnonzero(~same)
     if todo.size:
+        from gramophone.grammar.automaton import _ALLOWED_BLOCK
+
         distinct, inverse = np.unique(pairs[todo], axis=0, return_inverse=True)
-        rows = max(1, (1 << 24) // max(len(automaton.vocab), 1))
+        rows = max(1, _ALLOWED_BLOCK // max(len(automaton.vocab), 1))  # allowed_batch's blocks
         equal = np.concatenate(
             [
                 (automaton.allowed_batch(d[:, :K]) == automaton.allowed_batch(d[:, K:])).all(axis=1)
